@@ -1,0 +1,16 @@
+"""Components shared by the bundles of this collection.
+
+Bundle configs instantiate these by full path, for example
+``"_target_": "custom_components.networks.LeViTUNet"``. Subpackages:
+
+- :mod:`custom_components.networks`: the networks of the five methods;
+- :mod:`custom_components.transforms`: MONAI-style transforms;
+- :mod:`custom_components.engines`: ignite handlers, report writer, checkpoint and distributed helpers;
+- :mod:`custom_components.data`: dataset readers/converters, input validation, synthetic data generators.
+"""
+
+from . import data, engines, networks, transforms, utils
+from .utils import bundle_root
+
+__version__ = "0.1.0"
+__all__ = ["data", "engines", "networks", "transforms", "utils", "bundle_root", "__version__"]

@@ -1,0 +1,139 @@
+"""Small helpers used by bundle configs."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["bundle_root", "hardware_info", "run_record", "markdown_table", "record_markdown"]
+
+
+def _root_from_config_path(config_file: str | os.PathLike) -> str:
+    parent = Path(config_file).resolve().parent
+    return str(parent.parent if parent.name == "configs" else parent)
+
+
+def _config_files_from_argv(argv: list[str]) -> list[str]:
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--config_file" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--config_file="):
+            value = arg.split("=", 1)[1]
+        if value is None:
+            continue
+        value = value.strip()
+        if value.startswith("["):
+            try:
+                return [str(v) for v in ast.literal_eval(value)]
+            except (ValueError, SyntaxError):
+                return [v.strip(" '\"") for v in value.strip("[]").split(",") if v.strip()]
+        return [value]
+    return []
+
+
+def bundle_root(default: str = ".") -> str:
+    """Return the folder of the bundle whose configs are being run.
+
+    Configs set ``"bundle_root": "$custom_components.bundle_root()"`` so that the same bundle runs
+    from the repository root (``--config_file bundles/<name>/configs/train.json``), from inside the
+    bundle folder, and from an unpacked zip. The root is found, in this order:
+
+    1. the ``config_root_path`` of a :class:`monai.bundle.ConfigWorkflow` on the call stack (the
+       folder of the first config file; its parent when that folder is ``configs``);
+    2. the ``--config_file`` argument on the command line (``python -m monai.bundle run ...``,
+       ``ckpt_export``, ``verify_net_in_out``, also under ``torchrun``);
+    3. ``default`` (the current directory), as in model-zoo bundles.
+
+    An explicit ``--bundle_root`` override (as MONAI Label passes) replaces this expression entirely.
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            owner = frame.f_locals.get("self")
+            root = getattr(owner, "config_root_path", None)
+            if root is not None and type(owner).__name__.endswith("Workflow"):
+                root = Path(root).resolve()
+                return str(root.parent if root.name == "configs" else root)
+            frame = frame.f_back
+    finally:
+        del frame
+    files = _config_files_from_argv(sys.argv)
+    if files:
+        return _root_from_config_path(files[0])
+    return default
+
+
+def hardware_info() -> dict:
+    """Describe the machine a measurement ran on (CPU model, cores, threads, GPU, versions)."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    try:
+        import monai
+
+        info["monai"] = monai.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def run_record(command: str | None = None) -> dict:
+    """What a results file must say about how it was made: the exact command, date (UTC) and hardware."""
+    import datetime
+    import shlex
+
+    if command is None:
+        command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    return {
+        "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "hardware": hardware_info(),
+    }
+
+
+def markdown_table(headers: list[str], rows: list[list], floatfmt: str = ".3f") -> str:
+    """Render rows as a GitHub markdown table; floats use ``floatfmt``, ``None``/NaN print as ``-``."""
+
+    def fmt(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return "-" if v != v else format(v, floatfmt)
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def record_markdown(record: dict) -> str:
+    """The provenance lines (command, date, hardware) for the top of a markdown results file."""
+    hw = record.get("hardware", {})
+    return (
+        f"- command: `{record.get('command')}`\n- date: {record.get('date')}\n"
+        f"- hardware: {hw.get('cpu')} ({hw.get('cpu_count')} cores, {hw.get('torch_threads')} torch threads), "
+        f"GPU: {hw.get('gpu') or 'none'}; torch {hw.get('torch')}, MONAI {hw.get('monai')}\n"
+    )
