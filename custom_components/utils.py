@@ -54,9 +54,9 @@ def bundle_root(default: str = ".") -> str:
     try:
         while frame is not None:
             owner = frame.f_locals.get("self")
-            root = getattr(owner, "config_root_path", None)
-            if root is not None and type(owner).__name__.endswith("Workflow"):
-                root = Path(root).resolve()
+            # only workflow objects: others (e.g. ConfigParser) may raise on unknown attributes
+            if type(owner).__name__.endswith("Workflow") and "config_root_path" in vars(owner):
+                root = Path(owner.config_root_path).resolve()
                 return str(root.parent if root.name == "configs" else root)
             frame = frame.f_back
     finally:

@@ -1,1 +1,26 @@
-"""(filled in as components are added)."""
+"""Engine-side components of the bundles: trainers, ignite handlers, the evaluation report writer, training helpers."""
+
+from .report import SegmentationReport, SegmentationReportHandler, compute_case_metrics, save_overlay_png
+from .training import (
+    cleanup_distributed,
+    distributed_device,
+    init_distributed,
+    is_main_process,
+    latest_checkpoint,
+    make_optimizer,
+    wrap_ddp,
+)
+
+__all__ = [
+    "SegmentationReport",
+    "SegmentationReportHandler",
+    "compute_case_metrics",
+    "save_overlay_png",
+    "cleanup_distributed",
+    "distributed_device",
+    "init_distributed",
+    "is_main_process",
+    "latest_checkpoint",
+    "make_optimizer",
+    "wrap_ddp",
+]

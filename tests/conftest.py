@@ -1,0 +1,36 @@
+"""Shared fixtures: the repository root on sys.path, and helpers to run bundle workflows as a user does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def bundle_env(extra_path: str | None = None) -> dict:
+    """Environment for a workflow subprocess: repo on PYTHONPATH, few threads, no stdin prompts."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path or str(REPO), env.get("PYTHONPATH")]))
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def run_bundle(configs: list[str | Path], *args: str, cwd: Path = REPO, env: dict | None = None, run_id: str | None = None,
+               timeout: int = 900) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run [run_id] --config_file [...] <args>``; returns the finished process (never raises)."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run"] + ([run_id] if run_id else [])
+    cmd += ["--config_file", repr([str(c) for c in configs]), *args]
+    return subprocess.run(cmd, cwd=cwd, env=env or bundle_env(), capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO

@@ -1,0 +1,53 @@
+"""bundle_root() finds the bundle folder however a workflow is started; provenance helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from custom_components.utils import _config_files_from_argv, bundle_root, markdown_table, run_record
+
+
+def _bundle(tmp_path):
+    cfg = tmp_path / "mybundle" / "configs"
+    cfg.mkdir(parents=True)
+    (cfg / "train.json").write_text(json.dumps({
+        "imports": ["$import custom_components"],
+        "bundle_root": "$custom_components.bundle_root()",
+        "run": ["$print('root=' + @bundle_root)"],
+    }))
+    return cfg / "train.json"
+
+
+def test_bundle_root_inside_config_workflow(tmp_path, monkeypatch, capsys):
+    cfg = _bundle(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["pytest"])  # no --config_file: only the workflow on the stack can tell
+    wf = ConfigWorkflow(config_file=str(cfg), workflow_type=None, logging_file=False, meta_file=None)
+    wf.initialize()
+    wf.run()
+    assert f"root={(tmp_path / 'mybundle').resolve()}" in capsys.readouterr().out
+
+
+def test_bundle_root_from_command_line(tmp_path, monkeypatch):
+    cfg = _bundle(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["monai.bundle", "run", "--config_file", repr([str(cfg), "other.json"])])
+    parser = ConfigParser()
+    parser.read_config(str(cfg))
+    assert parser.get_parsed_content("bundle_root") == str((tmp_path / "mybundle").resolve())
+
+
+def test_argv_forms_and_default(monkeypatch):
+    assert _config_files_from_argv(["x", "--config_file=a/configs/t.json"]) == ["a/configs/t.json"]
+    assert _config_files_from_argv(["x", "--config_file", "['a.json', 'b.json']"]) == ["a.json", "b.json"]
+    monkeypatch.setattr(sys, "argv", ["python"])
+    assert bundle_root() == "."
+
+
+def test_markdown_table_and_record():
+    md = markdown_table(["a", "b"], [[1, 0.12345], [None, float("nan")]])
+    assert md.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.123 |", "| - | - |"]
+    rec = run_record("python x.py")
+    assert rec["command"] == "python x.py" and rec["hardware"]["cpu_count"] >= 1 and "UTC" in rec["date"]

@@ -1,0 +1,182 @@
+"""Package bundles as deterministic zip files, with a copy of ``custom_components`` inside.
+
+Usage::
+
+    python tools/package_bundles.py --out dist                 # every folder in bundles/
+    python tools/package_bundles.py --out dist NAME [NAME ...] # selected bundles (names or folders)
+    python tools/package_bundles.py --out dist --with_weights  # keep models/*.pt and models/*.ts
+
+Each bundle becomes ``<out>/<name>_v<version>.zip`` (version from ``configs/metadata.json``) with
+the bundle folder on top (``<name>/configs/...``) and the repository's ``custom_components``
+package at ``<name>/custom_components/``, so that an unpacked bundle resolves its targets when
+run from its folder. Entries are sorted and have fixed timestamps (1980-01-01) and permissions,
+so building twice gives byte-identical zips. Run outputs (``data/``, ``eval/``, ``logs/``,
+``runs/``, ``ckpt/``), ``__pycache__`` and ``*.pyc`` are left out, and so are ``models/*.pt`` and
+``models/*.ts`` unless ``--with_weights``. ``<out>/index.json`` lists, per bundle, the version,
+file name, size and sha256 of its zip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLES_DIR = REPO_ROOT / "bundles"
+COMPONENTS_DIR = REPO_ROOT / "custom_components"
+INDEX_NAME = "index.json"
+
+ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+FILE_MODE = 0o100644  # regular file, rw-r--r--
+OUTPUT_DIRS = frozenset({"data", "eval", "logs", "runs", "ckpt"})  # top-level run outputs of a bundle
+WEIGHT_SUFFIXES = frozenset({".pt", ".ts"})
+IGNORED_DIRS = frozenset({"__pycache__"})
+IGNORED_SUFFIXES = frozenset({".pyc"})
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def bundle_version(bundle_dir: str | os.PathLike) -> str:
+    """``version`` of ``configs/metadata.json``."""
+    with open(Path(bundle_dir) / "configs" / "metadata.json") as f:
+        return str(json.load(f)["version"])
+
+
+def _is_ignored(rel: PurePosixPath) -> bool:
+    """Caches and compiled files, anywhere in a tree."""
+    return any(part in IGNORED_DIRS for part in rel.parts) or rel.suffix in IGNORED_SUFFIXES
+
+
+def _is_bundle_output(rel: PurePosixPath, with_weights: bool) -> bool:
+    """Run outputs of a bundle: top-level output folders, and weights unless they are wanted."""
+    if rel.parts[0] in OUTPUT_DIRS and len(rel.parts) > 1:
+        return True
+    return not with_weights and rel.parts[0] == "models" and rel.suffix in WEIGHT_SUFFIXES
+
+
+def _tree_files(root: Path) -> Iterator[tuple[PurePosixPath, Path]]:
+    """``(relative posix path, file)`` of every non-ignored file below ``root``."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in IGNORED_DIRS]
+        for filename in filenames:
+            path = Path(dirpath) / filename
+            rel = PurePosixPath(path.relative_to(root).as_posix())
+            if not _is_ignored(rel) and path.is_file():
+                yield rel, path
+
+
+def bundle_entries(bundle_dir: str | os.PathLike, with_weights: bool = False) -> dict[str, Path]:
+    """Archive names (``<name>/...``) and source files of one bundle's zip."""
+    bundle_dir = Path(bundle_dir).resolve()
+    name = bundle_dir.name
+    entries = {
+        f"{name}/{rel}": path for rel, path in _tree_files(bundle_dir) if not _is_bundle_output(rel, with_weights)
+    }
+    for rel, path in _tree_files(COMPONENTS_DIR):
+        arcname = f"{name}/custom_components/{rel}"
+        if arcname in entries:
+            raise ValueError(f"{bundle_dir} has its own {arcname}; it would clash with the packaged custom_components")
+        entries[arcname] = path
+    return entries
+
+
+def _zip_info(arcname: str) -> zipfile.ZipInfo:
+    """Entry header with fixed time, permissions and system, deflate compression."""
+    info = zipfile.ZipInfo(arcname, date_time=ZIP_DATE_TIME)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.create_system = 3  # unix, so that external_attr holds the permissions
+    info.external_attr = FILE_MODE << 16
+    return info
+
+
+def write_zip(entries: dict[str, Path], zip_path: str | os.PathLike) -> None:
+    """Write ``entries`` (archive name -> file) sorted by name into a deterministic zip."""
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for arcname in sorted(entries):
+            zf.writestr(_zip_info(arcname), entries[arcname].read_bytes(), compresslevel=9)
+
+
+def package_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, with_weights: bool = False) -> dict:
+    """Zip one bundle into ``out_dir``; its index entry (name, version, file, size, sha256)."""
+    bundle_dir, out_dir = Path(bundle_dir).resolve(), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    version = bundle_version(bundle_dir)
+    zip_path = out_dir / f"{bundle_dir.name}_v{version}.zip"
+    write_zip(bundle_entries(bundle_dir, with_weights), zip_path)
+    return {
+        "name": bundle_dir.name,
+        "version": version,
+        "file": zip_path.name,
+        "size": zip_path.stat().st_size,
+        "sha256": sha256_file(zip_path),
+    }
+
+
+def update_index(out_dir: str | os.PathLike, entries: Sequence[dict]) -> Path:
+    """Merge ``entries`` into ``<out_dir>/index.json`` (dropping entries whose zip is gone)."""
+    index_path = Path(out_dir) / INDEX_NAME
+    index: dict[str, dict] = {}
+    if index_path.is_file():
+        index = json.loads(index_path.read_text()).get("bundles", {})
+    for entry in entries:
+        index[entry["name"]] = {k: v for k, v in entry.items() if k != "name"}
+    index = {k: v for k, v in index.items() if (Path(out_dir) / v["file"]).is_file()}
+    index_path.write_text(json.dumps({"bundles": dict(sorted(index.items()))}, indent=2) + "\n")
+    return index_path
+
+
+def resolve_bundle(name: str) -> Path:
+    """A bundle folder from a name in ``bundles/`` or a path."""
+    path = Path(name)
+    if not path.is_dir():
+        path = BUNDLES_DIR / name
+    if not (path / "configs" / "metadata.json").is_file():
+        raise FileNotFoundError(f"{name}: not a bundle folder (no configs/metadata.json)")
+    return path
+
+
+def default_bundles() -> list[Path]:
+    """Every bundle folder in ``bundles/``."""
+    if not BUNDLES_DIR.is_dir():
+        return []
+    return sorted(p for p in BUNDLES_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def package_bundles(
+    names: Sequence[str] = (), out_dir: str | os.PathLike = "dist", with_weights: bool = False
+) -> list[dict]:
+    """Package the named bundles (default: all) into ``out_dir`` and update its index."""
+    paths = [resolve_bundle(n) for n in names] or default_bundles()
+    entries = [package_bundle(p, out_dir, with_weights) for p in paths]
+    update_index(out_dir, entries)
+    return entries
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="bundle names in bundles/ or bundle folders (default: all)")
+    parser.add_argument("--out", default="dist", help="output folder (default: dist)")
+    parser.add_argument("--with_weights", action="store_true", help="keep models/*.pt and models/*.ts")
+    args = parser.parse_args(argv)
+    entries = package_bundles(args.names, args.out, args.with_weights)
+    for entry in entries:
+        print(f"{Path(args.out) / entry['file']}  {entry['size']} bytes  sha256 {entry['sha256']}")
+    print(f"packaged {len(entries)} bundle(s); index: {Path(args.out) / INDEX_NAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
