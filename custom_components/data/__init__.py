@@ -1,1 +1,27 @@
-"""(filled in as components are added)."""
+"""Data components: datalists, input validation, dataset converters and synthetic data generators.
+
+- :mod:`.datalist`: the datalist convention (:func:`ensure_dataset`, :func:`load_items`, :func:`inference_items`);
+- :mod:`.validation`: checks of user input that run before a workflow writes anything;
+- :mod:`.synthetic`: the shared synthetic-shape toolkit (primitives, noise, anatomy-like phantoms, writers);
+- :mod:`.synapse`: Synapse multi-organ CT (converter of the published layout, synthetic Synapse-like data).
+"""
+
+from . import synthetic
+from .datalist import DATALIST_NAME, ensure_dataset, inference_items, load_items
+from .synapse import SYNAPSE_CLASSES, convert_synapse, generate_synapse_synthetic
+from .validation import InputDataError, check_datalist, image_shape, require_file
+
+__all__ = [
+    "synthetic",
+    "DATALIST_NAME",
+    "ensure_dataset",
+    "inference_items",
+    "load_items",
+    "SYNAPSE_CLASSES",
+    "convert_synapse",
+    "generate_synapse_synthetic",
+    "InputDataError",
+    "check_datalist",
+    "image_shape",
+    "require_file",
+]
