@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -12,12 +14,12 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
+from custom_components.data.__main__ import main as data_main
 from custom_components.data.synapse import (
     BTCV_TO_SYNAPSE,
     SYNAPSE_CLASSES,
     convert_synapse,
     generate_synapse_synthetic,
-    main,
 )
 from custom_components.data.synthetic import BTCV_CLASSES, AbdomenCTPhantom
 
@@ -262,10 +264,18 @@ def test_convert_errors_for_missing_folders_and_files(tmp_path):
 def test_command_line(tmp_path):
     src = tmp_path / "Synapse"
     make_published_tree(src)
-    out = main(["convert", "--src_dir", str(src), "--dst_dir", str(tmp_path / "out"), "--num_validation", "1"])
-    assert out == str(tmp_path / "out" / "dataset.json") and os.path.isfile(out)
-    out = main(
-        ["synthetic", "--dataset_dir", str(tmp_path / "syn"), "--num_training", "1", "--num_validation", "0",
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    proc = subprocess.run(
+        [sys.executable, "-m", "custom_components.data", "convert_synapse", "--src_dir", str(src), "--dst_dir",
+         str(tmp_path / "out"), "--num_validation", "1"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "RuntimeWarning" not in proc.stderr
+    assert os.path.isfile(tmp_path / "out" / "dataset.json")
+    out = data_main(
+        ["synthetic_synapse", "--dataset_dir", str(tmp_path / "syn"), "--num_training", "1", "--num_validation", "0",
          "--num_test", "0", "--shape", "[40,40,12]", "--spacing", "[10.0,10.0,20.0]"]
     )
     assert len(json.loads(Path(out).read_text())["training"]) == 1

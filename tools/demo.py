@@ -72,7 +72,7 @@ def run_step(bundle: str, step: Step, workdir: Path) -> dict:
         cmd += [f"--{key}", value]
     log = workdir / "logs" / f"{step.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     print(f"[{bundle}] {step.name}: running (log: {log.relative_to(REPO) if log.is_relative_to(REPO) else log})", flush=True)
     start = time.perf_counter()
     with open(log, "w") as f:

@@ -23,8 +23,8 @@ spacing; the converter writes ``spacing`` (default 1 mm) in the header.
 
 Command line::
 
-    python -m custom_components.data.synapse convert --src_dir /data/Synapse --dst_dir /data/synapse_nifti
-    python -m custom_components.data.synapse synthetic --dataset_dir /data/synapse_synthetic
+    python -m custom_components.data convert_synapse --src_dir /data/Synapse --dst_dir /data/synapse_nifti
+    python -m custom_components.data synthetic_synapse --dataset_dir /data/synapse_synthetic
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ __all__ = [
     "SYNAPSE_AXCODES",
     "generate_synapse_synthetic",
     "convert_synapse",
-    "main",
 ]
 
 logger = logging.getLogger(__name__)
@@ -377,16 +376,3 @@ def convert_synapse(
         datalist = _datalist(**splits, description=_DESCRIPTION_CONVERTED, source=str(src.absolute()))
         write_datalist(tmp / "dataset.json", datalist)
     return str(dst / "dataset.json")
-
-
-def main(argv: Sequence[str] | str | None = None):
-    """Command line: ``convert`` (:func:`convert_synapse`) or ``synthetic`` (:func:`generate_synapse_synthetic`)."""
-    import fire
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"convert": convert_synapse, "synthetic": generate_synapse_synthetic}
-    return fire.Fire(commands, command=argv, name="synapse")
-
-
-if __name__ == "__main__":
-    main()

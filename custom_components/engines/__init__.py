@@ -8,6 +8,7 @@ from .training import (
     is_main_process,
     latest_checkpoint,
     make_optimizer,
+    make_resumable,
     wrap_ddp,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "is_main_process",
     "latest_checkpoint",
     "make_optimizer",
+    "make_resumable",
     "wrap_ddp",
 ]

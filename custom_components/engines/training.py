@@ -19,6 +19,7 @@ import torch.distributed as dist
 __all__ = [
     "make_optimizer",
     "latest_checkpoint",
+    "make_resumable",
     "init_distributed",
     "cleanup_distributed",
     "distributed_device",
@@ -57,6 +58,35 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -
     step, path = max(found)
     logger.info(f"resuming from {path} (step {step})")
     return str(path)
+
+
+def make_resumable(
+    trainer, ckpt_dir: str | os.PathLike, objects: dict, resume: bool = True, save_interval: int = 1,
+    prefix: str = "checkpoint",
+) -> str | None:
+    """Save ``trainer``'s full state every ``save_interval`` epochs and, with ``resume``, continue from the newest one.
+
+    Attaches MONAI's ``CheckpointSaver`` (one interval checkpoint kept, ``<ckpt_dir>/<prefix>_checkpoint_epoch=N.pt``,
+    holding ``objects`` — model, optimizer, scheduler — and the trainer's state) and, when such a checkpoint exists,
+    a ``CheckpointLoader`` that restores it at ``Events.STARTED`` so an interrupted run continues at the epoch and
+    iteration where it stopped. A config calls this from its ``run`` step rather than listing the two handlers in
+    ``train#handlers``, because they refer to the trainer that owns those handlers.
+
+    Returns:
+        the checkpoint resumed from, or ``None``.
+    """
+    from monai.handlers import CheckpointLoader, CheckpointSaver
+
+    save_dict = {**objects, "trainer": trainer}
+    path = latest_checkpoint(ckpt_dir, prefix) if resume else None
+    if path is not None:
+        device = next(iter(objects["model"].parameters())).device if "model" in objects else "cpu"
+        CheckpointLoader(load_path=path, load_dict=save_dict, map_location=device).attach(trainer)
+    CheckpointSaver(
+        save_dir=str(ckpt_dir), save_dict=save_dict, file_prefix=prefix, save_interval=save_interval, n_saved=1,
+        epoch_level=True,
+    ).attach(trainer)
+    return path
 
 
 def _world_size() -> int:

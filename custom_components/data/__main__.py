@@ -1,0 +1,32 @@
+"""Command line of the data tools: dataset converters and synthetic data generators.
+
+Usage::
+
+    python -m custom_components.data convert_synapse --src_dir /data/Synapse --dst_dir /data/synapse_datalist
+    python -m custom_components.data synthetic_synapse --dataset_dir /data/synapse_synthetic
+    python -m custom_components.data --help
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from .synapse import convert_synapse, generate_synapse_synthetic
+
+COMMANDS = {
+    "convert_synapse": convert_synapse,
+    "synthetic_synapse": generate_synapse_synthetic,
+}
+
+
+def main(argv: Sequence[str] | None = None):
+    """Run one of :data:`COMMANDS` with ``fire``; returns what the command returns (e.g. the datalist path)."""
+    import fire
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return fire.Fire(COMMANDS, command=list(argv) if argv is not None else None, name="python -m custom_components.data")
+
+
+if __name__ == "__main__":
+    main()
