@@ -44,6 +44,7 @@ def test_unpacked_zip_runs_inference_without_repository(tmp_path):
 
     quick = json.loads((root / "configs" / "quick.json").read_text())
     net = LeViTUNet("128s", 1, 9, img_size=quick["img_size"], decoder_channels=quick["decoder_channels"])
+    (root / "models").mkdir(exist_ok=True)
     torch.save(net.state_dict(), root / "models" / "model.pt")
 
     env = _isolated_env()
