@@ -499,6 +499,20 @@ def rule_ckpt_export(ctx: BundleContext) -> list[str]:
     return ["TorchScript export failed with every mode; " + "; ".join(failures)]
 
 
+def _provide_weights(workflow: Any) -> None:
+    """An inference workflow's ``initialize`` may insist on trained weights (``ckpt_path``, in the redirected
+    ``ckpt_dir``): give it the random weights of its own ``network_def`` there, so properties can be checked."""
+    import torch
+
+    if "ckpt_path" not in workflow.parser or "network_def" not in workflow.parser:
+        return
+    ckpt = Path(workflow.parser.get_parsed_content("ckpt_path"))
+    if ckpt.exists() or not ckpt.resolve().is_relative_to(Path(tempfile.gettempdir()).resolve()):
+        return  # only ever write inside the checker's temporary folder
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(workflow.parser.get_parsed_content("network_def", instantiate=True).state_dict(), ckpt)
+
+
 def _workflow_check(ctx: BundleContext, config: Path, workflow_type: str, workdir: Path) -> list[str]:
     """Missing/wrong properties of one config for one workflow type (empty when it is fine)."""
     ensure_repo_on_path()
@@ -523,6 +537,7 @@ def _workflow_check(ctx: BundleContext, config: Path, workflow_type: str, workdi
     ]
     if missing:
         return [f"{config.name} ({workflow_type}): required properties missing: {missing}"]
+    _provide_weights(workflow)
     workflow.initialize()
     wrong = workflow.check_properties()
     if wrong:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from ignite.engine import Events
 
 __all__ = [
     "make_optimizer",
@@ -86,7 +87,17 @@ def make_resumable(
         save_dir=str(ckpt_dir), save_dict=save_dict, file_prefix=prefix, save_interval=save_interval, n_saved=1,
         epoch_level=True,
     ).attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, _remove_stale_checkpoints, Path(ckpt_dir), prefix)
     return path
+
+
+def _remove_stale_checkpoints(engine, ckpt_dir: Path, prefix: str) -> None:
+    """Delete interval checkpoints older than the newest (left by an earlier, interrupted run), on rank 0 only."""
+    if not is_main_process():
+        return
+    found = sorted((int(m.group(1)), p) for p in ckpt_dir.glob(f"{prefix}*.pt") if (m := _STEP.search(p.name)))
+    for _, stale in found[:-1]:
+        stale.unlink(missing_ok=True)
 
 
 def _world_size() -> int:
