@@ -3,10 +3,24 @@
 - :mod:`.datalist`: the datalist convention (:func:`ensure_dataset`, :func:`load_items`, :func:`inference_items`);
 - :mod:`.validation`: checks of user input that run before a workflow writes anything;
 - :mod:`.synthetic`: the shared synthetic-shape toolkit (primitives, noise, anatomy-like phantoms, writers);
-- :mod:`.synapse`: Synapse multi-organ CT (converter of the published layout, synthetic Synapse-like data).
+- :mod:`.synapse`: Synapse multi-organ CT (converter of the published layout, synthetic Synapse-like data);
+- :mod:`.fewshot`: few-shot tasks and episodes (synthetic task families, binary tasks from datalists, support sets).
 """
 
 from . import synthetic
+from .fewshot import (
+    HELDOUT_KINDS,
+    TRAIN_KINDS,
+    ArrayTask,
+    EpisodicDataset,
+    SupportSet,
+    SyntheticTask,
+    generate_fewshot_synthetic,
+    load_tasks,
+    read_support_folder,
+    synthetic_tasks,
+    tasks_from_datalist,
+)
 from .datalist import DATALIST_NAME, ensure_dataset, inference_items, load_items
 from .synapse import SYNAPSE_CLASSES, convert_synapse, generate_synapse_synthetic
 from .validation import InputDataError, check_datalist, image_shape, require_file
@@ -24,4 +38,15 @@ __all__ = [
     "check_datalist",
     "image_shape",
     "require_file",
+    "HELDOUT_KINDS",
+    "TRAIN_KINDS",
+    "ArrayTask",
+    "EpisodicDataset",
+    "SupportSet",
+    "SyntheticTask",
+    "generate_fewshot_synthetic",
+    "load_tasks",
+    "read_support_folder",
+    "synthetic_tasks",
+    "tasks_from_datalist",
 ]

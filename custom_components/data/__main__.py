@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from .fewshot import generate_fewshot_synthetic
 from .synapse import convert_synapse, generate_synapse_synthetic
 
 COMMANDS = {
     "convert_synapse": convert_synapse,
     "synthetic_synapse": generate_synapse_synthetic,
+    "synthetic_fewshot": generate_fewshot_synthetic,
 }
 
 

@@ -1,5 +1,6 @@
 """Engine-side components of the bundles: trainers, ignite handlers, the evaluation report writer, training helpers."""
 
+from .fewshot import CombineLabelsd, FewShotInferer, PrepareEpisodeBatch, predict_episode
 from .report import SegmentationReport, SegmentationReportHandler, compute_case_metrics, save_overlay_png
 from .training import (
     cleanup_distributed,
@@ -13,6 +14,10 @@ from .training import (
 )
 
 __all__ = [
+    "CombineLabelsd",
+    "FewShotInferer",
+    "PrepareEpisodeBatch",
+    "predict_episode",
     "SegmentationReport",
     "SegmentationReportHandler",
     "compute_case_metrics",
