@@ -5,12 +5,13 @@ Bundle configs instantiate these by full path, for example
 
 - :mod:`custom_components.networks`: the networks of the five methods;
 - :mod:`custom_components.transforms`: MONAI-style transforms;
+- :mod:`custom_components.losses`: losses MONAI does not have (masked Dice + CE of BCP);
 - :mod:`custom_components.engines`: ignite handlers, report writer, checkpoint and distributed helpers;
 - :mod:`custom_components.data`: dataset readers/converters, input validation, synthetic data generators.
 """
 
-from . import data, engines, networks, transforms, utils
+from . import data, engines, losses, networks, transforms, utils
 from .utils import bundle_root
 
 __version__ = "0.1.0"
-__all__ = ["data", "engines", "networks", "transforms", "utils", "bundle_root", "__version__"]
+__all__ = ["data", "engines", "losses", "networks", "transforms", "utils", "bundle_root", "__version__"]

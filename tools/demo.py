@@ -49,7 +49,14 @@ STANDARD_STEPS = (
     Step("infer", ("inference.json", "quick.json")),
 )
 # Bundles with extra stages (pre-training, semi-supervised rounds) list their own steps here.
-BUNDLE_STEPS: dict[str, tuple[Step, ...]] = {}
+BUNDLE_STEPS: dict[str, tuple[Step, ...]] = {
+    "bcp_acdc_segmentation": (
+        Step("pretrain", ("train.json", "pretrain.json", "quick.json")),
+        Step("train", ("train.json", "quick.json")),
+        Step("evaluate", ("train.json", "evaluate.json", "quick.json")),
+        Step("infer", ("inference.json", "quick.json")),
+    ),
+}
 
 
 def bundle_names(bundles: str | list[str] | tuple[str, ...] | None) -> list[str]:

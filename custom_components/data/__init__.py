@@ -4,10 +4,21 @@
 - :mod:`.validation`: checks of user input that run before a workflow writes anything;
 - :mod:`.synthetic`: the shared synthetic-shape toolkit (primitives, noise, anatomy-like phantoms, writers);
 - :mod:`.synapse`: Synapse multi-organ CT (converter of the published layout, synthetic Synapse-like data);
+- :mod:`.acdc`: ACDC cardiac MRI and left-atrium MRI (converters of the published h5 layouts, synthetic data);
 - :mod:`.fewshot`: few-shot tasks and episodes (synthetic task families, binary tasks from datalists, support sets).
 """
 
 from . import synthetic
+from .acdc import (
+    LA_CLASSES,
+    convert_acdc_h5,
+    convert_la_h5,
+    generate_acdc_synthetic,
+    generate_la_synthetic,
+    labeled_items,
+    split_labeled,
+    unlabeled_items,
+)
 from .fewshot import (
     HELDOUT_KINDS,
     TRAIN_KINDS,
@@ -38,6 +49,14 @@ __all__ = [
     "check_datalist",
     "image_shape",
     "require_file",
+    "LA_CLASSES",
+    "convert_acdc_h5",
+    "convert_la_h5",
+    "generate_acdc_synthetic",
+    "generate_la_synthetic",
+    "labeled_items",
+    "split_labeled",
+    "unlabeled_items",
     "HELDOUT_KINDS",
     "TRAIN_KINDS",
     "ArrayTask",

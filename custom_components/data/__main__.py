@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from .acdc import convert_acdc_h5, convert_la_h5, generate_acdc_synthetic, generate_la_synthetic
 from .fewshot import generate_fewshot_synthetic
 from .synapse import convert_synapse, generate_synapse_synthetic
 
@@ -19,6 +20,10 @@ COMMANDS = {
     "convert_synapse": convert_synapse,
     "synthetic_synapse": generate_synapse_synthetic,
     "synthetic_fewshot": generate_fewshot_synthetic,
+    "convert_acdc": convert_acdc_h5,
+    "synthetic_acdc": generate_acdc_synthetic,
+    "convert_la": convert_la_h5,
+    "synthetic_la": generate_la_synthetic,
 }
 
 

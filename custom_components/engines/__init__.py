@@ -1,5 +1,8 @@
-"""Engine-side components of the bundles: trainers, ignite handlers, the evaluation report writer, training helpers."""
+"""Engine-side components of the bundles: trainers (BCP), ignite handlers, the mean-teacher EMA, the evaluation report
+writer, few-shot inference, training helpers."""
 
+from .bcp import BCPTrainer, largest_component_per_class, load_pretrained, pseudo_labels
+from .ema import EMA, make_teacher
 from .fewshot import CombineLabelsd, FewShotInferer, PrepareEpisodeBatch, predict_episode
 from .report import SegmentationReport, SegmentationReportHandler, compute_case_metrics, save_overlay_png
 from .training import (
@@ -14,6 +17,12 @@ from .training import (
 )
 
 __all__ = [
+    "BCPTrainer",
+    "largest_component_per_class",
+    "load_pretrained",
+    "pseudo_labels",
+    "EMA",
+    "make_teacher",
     "CombineLabelsd",
     "FewShotInferer",
     "PrepareEpisodeBatch",

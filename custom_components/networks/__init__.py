@@ -1,8 +1,10 @@
-"""Networks of the bundles: LeViT-UNet (:class:`LeViTUNet`) and UniverSeg (:class:`UniverSeg`), with their
-checkpoint loaders."""
+"""Networks of the bundles: LeViT-UNet (:class:`LeViTUNet`), UniverSeg (:class:`UniverSeg`), and the BCP backbones
+(:class:`UNet2D`, :class:`VNet`), with their checkpoint loaders."""
 
+from .bcp_unet import UNet2D, load_official_unet
 from .levit_unet import LeViTUNet, load_levit_imagenet, load_official_state_dict
 from .universeg import CrossBlock, CrossConv2d, UniverSeg, load_universeg_state_dict
+from .vnet import VNet
 
 __all__ = [
     "LeViTUNet",
@@ -12,4 +14,7 @@ __all__ = [
     "CrossBlock",
     "UniverSeg",
     "load_universeg_state_dict",
+    "UNet2D",
+    "load_official_unet",
+    "VNet",
 ]

@@ -31,6 +31,7 @@ from .noise import (
     smooth_random_field,
 )
 from .phantoms import BTCV_CLASSES, AbdomenCTPhantom
+from .cardiac import ACDC_CLASSES, CardiacMRIPhantom, LeftAtriumPhantom
 from .shapes import (
     Deformed,
     Difference,
@@ -76,6 +77,9 @@ __all__ = [
     # phantoms
     "BTCV_CLASSES",
     "AbdomenCTPhantom",
+    "ACDC_CLASSES",
+    "CardiacMRIPhantom",
+    "LeftAtriumPhantom",
     # io
     "nifti_affine",
     "write_nifti",
