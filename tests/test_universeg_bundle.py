@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_bundle
+from conftest import REPO, bundle_env, run_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -104,3 +105,18 @@ def test_bad_support_folder_stops_before_writing(trained, tmp_path):
     assert proc.returncode != 0
     assert "support image without label" in proc.stdout + proc.stderr
     assert not out.exists()
+
+
+def test_multi_gpu_config_runs_two_cpu_processes(tmp_path):
+    """torchrun with 2 CPU processes (gloo); DDP must tolerate the unused last support branch."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29537",
+           "-m", "monai.bundle", "run", "--config_file",
+           repr([str(CFG / "train.json"), str(CFG / "multi_gpu_train.json"), str(CFG / "quick.json")]),
+           "--bundle_root", str(tmp_path), "--max_epochs", "1", "--epoch_length", "2", "--val_interval", "1", *TINY]
+    env = bundle_env()
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "backend gloo, rank 1 of 2" in out
+    assert (tmp_path / "models" / "model.pt").is_file()

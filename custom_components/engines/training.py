@@ -129,12 +129,20 @@ def distributed_device() -> torch.device:
     return torch.device("cpu")
 
 
-def wrap_ddp(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Wrap ``network`` (already on ``device``) in ``DistributedDataParallel``; unchanged without a process group."""
+def wrap_ddp(
+    network: torch.nn.Module, device: torch.device, find_unused_parameters: bool = False
+) -> torch.nn.Module:
+    """Wrap ``network`` (already on ``device``) in ``DistributedDataParallel``; unchanged without a process group.
+
+    ``find_unused_parameters`` is needed by networks that keep weights they do not use in forward (e.g. UniverSeg's
+    last support branch, kept so that the official state dict loads).
+    """
     if not dist.is_initialized():
         return network
     device_ids = [device] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(network, device_ids=device_ids)
+    return torch.nn.parallel.DistributedDataParallel(
+        network, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+    )
 
 
 def is_main_process() -> bool:
