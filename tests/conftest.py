@@ -31,6 +31,25 @@ def run_bundle(configs: list[str | Path], *args: str, cwd: Path = REPO, env: dic
                           stdin=subprocess.DEVNULL)
 
 
+def check_run(proc: subprocess.CompletedProcess) -> str:
+    """Assert a workflow subprocess succeeded (showing the end of its output if not); return its output."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def run_torchrun(configs: list[str | Path], *args: str, port: int, nproc: int = 2,
+                 timeout: int = 900) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=<nproc> -m monai.bundle run --config_file [...] <args>`` on CPU (gloo), one thread
+    per process; returns the finished process (never raises)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port", str(port),
+           "-m", "monai.bundle", "run", "--config_file", repr([str(c) for c in configs]), *args]
+    env = bundle_env()
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

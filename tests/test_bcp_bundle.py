@@ -7,7 +7,6 @@ These check that the workflows run and write well-formed outputs; accuracy is me
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_bundle
+from conftest import REPO, check_run, run_bundle, run_torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +27,6 @@ SMALL_LA = ["--synthetic_data#num_unlabeled", "2", "--synthetic_data#num_validat
             "--n_filters", "4", "--epoch_length", "2", "--val_interval", "1"]
 
 
-def _check(proc: subprocess.CompletedProcess) -> str:
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    return out
-
-
 def _cfg(*names: str) -> list[Path]:
     return [CFG / n for n in names]
 
@@ -42,9 +35,9 @@ def _cfg(*names: str) -> list[Path]:
 def run2d(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bcp2d")
     args = ["--bundle_root", str(root), *SMALL_2D]
-    _check(run_bundle(_cfg("train.json", "pretrain.json", "quick.json"), *args, "--pretrain_epochs", "1",
+    check_run(run_bundle(_cfg("train.json", "pretrain.json", "quick.json"), *args, "--pretrain_epochs", "1",
                       run_id="training"))
-    out = _check(run_bundle(_cfg("train.json", "quick.json"), *args, "--selftrain_epochs", "1", run_id="training"))
+    out = check_run(run_bundle(_cfg("train.json", "quick.json"), *args, "--selftrain_epochs", "1", run_id="training"))
     assert "student and teacher initialised from" in out
     return root
 
@@ -61,7 +54,7 @@ def test_2d_pretrain_then_selftrain_write_models_and_resumable_checkpoints(run2d
 
 
 def test_2d_selftrain_resumes_student_teacher_and_iteration(run2d):
-    out = _check(run_bundle(_cfg("train.json", "quick.json"), "--bundle_root", str(run2d), *SMALL_2D,
+    out = check_run(run_bundle(_cfg("train.json", "quick.json"), "--bundle_root", str(run2d), *SMALL_2D,
                             "--selftrain_epochs", "2", run_id="training"))
     assert "resuming from" in out and "initialised from" not in out
     assert "Epoch[1]" not in out and "Epoch[2]" in out
@@ -70,11 +63,11 @@ def test_2d_selftrain_resumes_student_teacher_and_iteration(run2d):
 
 
 def test_2d_evaluate_and_infer(run2d):
-    _check(run_bundle(_cfg("train.json", "evaluate.json", "quick.json"), "--bundle_root", str(run2d), *SMALL_2D))
+    check_run(run_bundle(_cfg("train.json", "evaluate.json", "quick.json"), "--bundle_root", str(run2d), *SMALL_2D))
     report = json.loads((run2d / "eval" / "metrics.json").read_text())
     assert len(report["cases"]) == 2 and set(report["summary"]["classes"]) == {"rv", "myo", "lv"}
     assert {"hd95", "hd95_mm", "asd", "asd_mm"} <= set(report["summary"]["mean"])
-    _check(run_bundle(_cfg("inference.json", "quick.json"), "--bundle_root", str(run2d), "--img_size", "64"))
+    check_run(run_bundle(_cfg("inference.json", "quick.json"), "--bundle_root", str(run2d), "--img_size", "64"))
     datalist = json.loads((run2d / "data" / "acdc" / "dataset.json").read_text())
     preds = sorted((run2d / "eval" / "predictions").glob("*.nii.gz"))
     assert len(preds) == 2
@@ -94,16 +87,16 @@ def test_selftrain_without_pretrained_weights_says_what_to_run(tmp_path):
 
 def test_la_pretrain_selftrain_evaluate_infer(tmp_path):
     args = ["--bundle_root", str(tmp_path), *SMALL_LA]
-    _check(run_bundle(_cfg("train.json", "train_la.json", "pretrain.json", "quick_la.json"), *args,
+    check_run(run_bundle(_cfg("train.json", "train_la.json", "pretrain.json", "quick_la.json"), *args,
                       "--pretrain_epochs", "1", run_id="training"))
-    _check(run_bundle(_cfg("train.json", "train_la.json", "quick_la.json"), *args, "--selftrain_epochs", "1",
+    check_run(run_bundle(_cfg("train.json", "train_la.json", "quick_la.json"), *args, "--selftrain_epochs", "1",
                       run_id="training"))
     ckpt = torch.load(next((tmp_path / "models").glob("checkpoint*=1.pt")), weights_only=False)
     assert "teacher" in ckpt and any(k.startswith("encoder.block_one") for k in ckpt["teacher"])
-    _check(run_bundle(_cfg("train.json", "train_la.json", "evaluate.json", "evaluate_la.json", "quick_la.json"), *args))
+    check_run(run_bundle(_cfg("train.json", "train_la.json", "evaluate.json", "evaluate_la.json", "quick_la.json"), *args))
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert list(report["summary"]["classes"]) == ["left_atrium"]
-    _check(run_bundle(_cfg("inference.json", "inference_la.json", "quick_la.json"), "--bundle_root", str(tmp_path),
+    check_run(run_bundle(_cfg("inference.json", "inference_la.json", "quick_la.json"), "--bundle_root", str(tmp_path),
                       "--patch_size", "[32,32,32]", "--n_filters", "4"))
     preds = list((tmp_path / "eval" / "predictions").glob("*.nii.gz"))
     assert len(preds) == 1 and nib.load(preds[0]).shape == (40, 40, 32)
@@ -111,20 +104,11 @@ def test_la_pretrain_selftrain_evaluate_infer(tmp_path):
 
 
 def test_multi_gpu_config_self_trains_with_two_cpu_processes(tmp_path):
-    import sys
-
-    from conftest import bundle_env
-
     args = ["--bundle_root", str(tmp_path), *SMALL_2D, "--synthetic_data#num_validation", "2",
             "--synthetic_data#num_unlabeled", "4"]
-    _check(run_bundle(_cfg("train.json", "pretrain.json", "quick.json"), *args, "--pretrain_epochs", "1"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29571",
-           "-m", "monai.bundle", "run", "--config_file",
-           repr([str(c) for c in _cfg("train.json", "multi_gpu_train.json", "quick.json")]), *args,
-           "--selftrain_epochs", "1"]
-    env = bundle_env()
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    check_run(run_bundle(_cfg("train.json", "pretrain.json", "quick.json"), *args, "--pretrain_epochs", "1"))
+    proc = run_torchrun(_cfg("train.json", "multi_gpu_train.json", "quick.json"), *args, "--selftrain_epochs", "1",
+                        port=29571)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "backend gloo, rank 1 of 2" in out

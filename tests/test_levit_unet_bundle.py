@@ -8,9 +8,6 @@ outputs; the accuracy of the quick recipe is measured by the demo, not asserted 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -18,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, bundle_env, run_bundle
+from conftest import REPO, check_run, run_bundle, run_torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -30,17 +27,11 @@ SMALL_DATA = ["--synthetic_data#num_training", "3", "--synthetic_data#num_valida
 SHORT = ["--epoch_length", "2", "--val_interval", "1"]
 
 
-def _check(proc: subprocess.CompletedProcess) -> str:
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    return out
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A bundle root with a model trained for 2 short epochs by the exact README command (``run training``)."""
     root = tmp_path_factory.mktemp("levit_run")
-    _check(run_bundle(TRAIN, "--bundle_root", str(root), "--max_epochs", "2", *SHORT, *SMALL_DATA, run_id="training"))
+    check_run(run_bundle(TRAIN, "--bundle_root", str(root), "--max_epochs", "2", *SHORT, *SMALL_DATA, run_id="training"))
     return root
 
 
@@ -59,7 +50,7 @@ def test_training_writes_plain_state_dict_and_resume_checkpoint(trained):
 
 
 def test_training_resumes_where_it_stopped(trained):
-    out = _check(run_bundle(TRAIN, "--bundle_root", str(trained), "--max_epochs", "3", *SHORT, *SMALL_DATA))
+    out = check_run(run_bundle(TRAIN, "--bundle_root", str(trained), "--max_epochs", "3", *SHORT, *SMALL_DATA))
     assert "resuming from" in out
     assert "Epoch[1]" not in out and "Epoch[3]" in out, out[-3000:]
     assert (trained / "models" / "checkpoint_checkpoint_epoch=3.pt").is_file()
@@ -67,7 +58,7 @@ def test_training_resumes_where_it_stopped(trained):
 
 
 def test_evaluation_writes_report(trained):
-    _check(run_bundle([CFG / "train.json", CFG / "evaluate.json", CFG / "quick.json"], "--bundle_root", str(trained),
+    check_run(run_bundle([CFG / "train.json", CFG / "evaluate.json", CFG / "quick.json"], "--bundle_root", str(trained),
                       *SMALL_DATA))
     report = json.loads((trained / "eval" / "metrics.json").read_text())
     assert len(report["cases"]) == 2
@@ -79,7 +70,7 @@ def test_evaluation_writes_report(trained):
 
 
 def test_inference_writes_volumes_with_input_geometry(trained):
-    _check(run_bundle([CFG / "inference.json", CFG / "quick.json"], "--bundle_root", str(trained), *SMALL_DATA))
+    check_run(run_bundle([CFG / "inference.json", CFG / "quick.json"], "--bundle_root", str(trained), *SMALL_DATA))
     datalist = json.loads((trained / "data" / "synapse" / "dataset.json").read_text())
     preds = sorted((trained / "eval" / "predictions").glob("*.nii.gz"))
     assert len(preds) == len(datalist["test"]) == 2
@@ -122,15 +113,9 @@ def test_training_on_bad_label_stops_before_writing(tmp_path):
 
 
 def test_multi_gpu_config_runs_two_cpu_processes(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29533",
-           "-m", "monai.bundle", "run", "--config_file",
-           repr([str(CFG / "train.json"), str(CFG / "multi_gpu_train.json"), str(CFG / "quick.json")]),
-           "--bundle_root", str(tmp_path), "--max_epochs", "1", *SHORT, *SMALL_DATA,
-           "--synthetic_data#num_validation", "2"]  # a distributed sampler needs an item per rank
-    env = bundle_env()
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
-                          stdin=subprocess.DEVNULL)
+    proc = run_torchrun([CFG / "train.json", CFG / "multi_gpu_train.json", CFG / "quick.json"],
+                        "--bundle_root", str(tmp_path), "--max_epochs", "1", *SHORT, *SMALL_DATA,
+                        "--synthetic_data#num_validation", "2", port=29533)  # a distributed sampler needs an item per rank
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "backend gloo, rank 1 of 2" in out and "backend gloo, rank 0 of 2" in out

@@ -5,15 +5,13 @@ before anything is written. Accuracy is measured by tools/benchmark_universeg.py
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, bundle_env, run_bundle
+from conftest import REPO, check_run, run_bundle, run_torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +25,10 @@ TINY = ["--synthetic_data#num_heldout_tasks", "2", "--synthetic_data#images_per_
         "--num_train_tasks", "20", "--images_per_task", "8", "--batch_size", "2"]
 
 
-def _check(proc: subprocess.CompletedProcess) -> str:
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    return out
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("universeg_run")
-    _check(run_bundle(TRAIN, "--bundle_root", str(root), "--max_epochs", "1", "--epoch_length", "2",
+    check_run(run_bundle(TRAIN, "--bundle_root", str(root), "--max_epochs", "1", "--epoch_length", "2",
                       "--val_interval", "1", *TINY, run_id="training"))
     return root
 
@@ -52,7 +44,7 @@ def test_training_writes_plain_state_dict(trained):
 
 
 def test_evaluation_report(trained):
-    _check(run_bundle([CFG / "train.json", CFG / "evaluate.json", CFG / "quick.json"], "--bundle_root", str(trained),
+    check_run(run_bundle([CFG / "train.json", CFG / "evaluate.json", CFG / "quick.json"], "--bundle_root", str(trained),
                       "--num_eval_episodes", "4", *TINY))
     report = json.loads((trained / "eval" / "metrics.json").read_text())
     assert len(report["cases"]) == 4
@@ -74,7 +66,7 @@ def test_inference_with_support_folder_2d_and_3d(trained, tmp_path):
         nib.save(nib.Nifti1Image(rng.random((24, 24)).astype(np.float32), np.eye(4)), str(support / "images" / f"s{k}.nii.gz"))
         nib.save(nib.Nifti1Image(lab, np.eye(4)), str(support / "labels" / f"s{k}.nii.gz"))
     out = tmp_path / "pred"
-    _check(run_bundle([CFG / "inference.json", CFG / "quick.json"], "--bundle_root", str(trained), "--input",
+    check_run(run_bundle([CFG / "inference.json", CFG / "quick.json"], "--bundle_root", str(trained), "--input",
                       str(targets), "--support_dir", str(support), "--output_dir", str(out), "--num_ensemble", "2",
                       "--img_size", "32", "--encoder_channels", "[8,8,8,8]", "--decoder_channels", "[8,8,8]",
                       "--support_size", "2"))
@@ -86,7 +78,7 @@ def test_inference_with_support_folder_2d_and_3d(trained, tmp_path):
 
 
 def test_inference_default_support_folder(trained):
-    _check(run_bundle([CFG / "inference.json", CFG / "quick.json"], "--bundle_root", str(trained), *TINY[:10],
+    check_run(run_bundle([CFG / "inference.json", CFG / "quick.json"], "--bundle_root", str(trained), *TINY[:10],
                       "--img_size", "32", "--encoder_channels", "[8,8,8,8]", "--decoder_channels", "[8,8,8]",
                       "--support_size", "2"))
     preds = sorted((trained / "eval" / "predictions").glob("*_seg.nii.gz"))
@@ -109,13 +101,9 @@ def test_bad_support_folder_stops_before_writing(trained, tmp_path):
 
 def test_multi_gpu_config_runs_two_cpu_processes(tmp_path):
     """torchrun with 2 CPU processes (gloo); DDP must tolerate the unused last support branch."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29537",
-           "-m", "monai.bundle", "run", "--config_file",
-           repr([str(CFG / "train.json"), str(CFG / "multi_gpu_train.json"), str(CFG / "quick.json")]),
-           "--bundle_root", str(tmp_path), "--max_epochs", "1", "--epoch_length", "2", "--val_interval", "1", *TINY]
-    env = bundle_env()
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    proc = run_torchrun([CFG / "train.json", CFG / "multi_gpu_train.json", CFG / "quick.json"],
+                        "--bundle_root", str(tmp_path), "--max_epochs", "1", "--epoch_length", "2",
+                        "--val_interval", "1", *TINY, port=29537)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "backend gloo, rank 1 of 2" in out

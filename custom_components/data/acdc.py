@@ -19,7 +19,6 @@ Datalist items carry a ``patient`` key; :func:`split_labeled` re-draws the label
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection

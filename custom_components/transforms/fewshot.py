@@ -11,7 +11,7 @@ intensity transforms, task augmentation needs three that change *what the task i
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 
 import torch
 import torch.nn.functional as F
