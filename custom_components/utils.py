@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["bundle_root", "hardware_info", "run_record", "markdown_table", "record_markdown"]
+__all__ = ["bundle_root", "count_macs", "hardware_info", "run_record", "markdown_table", "record_markdown"]
 
 
 def _root_from_config_path(config_file: str | os.PathLike) -> str:
@@ -137,3 +137,15 @@ def record_markdown(record: dict) -> str:
         f"- hardware: {hw.get('cpu')} ({hw.get('cpu_count')} cores, {hw.get('torch_threads')} torch threads), "
         f"GPU: {hw.get('gpu') or 'none'}; torch {hw.get('torch')}, MONAI {hw.get('monai')}\n"
     )
+
+
+def count_macs(model, *inputs) -> int:
+    """Multiply-accumulates of one forward pass (FLOPs / 2 of ``torch.utils.flop_counter.FlopCounterMode``:
+    convolutions, linear layers and matrix products; normalisation, activations and resampling are not counted)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(*inputs)
+    return counter.get_total_flops() // 2

@@ -51,3 +51,14 @@ def test_markdown_table_and_record():
     assert md.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.123 |", "| - | - |"]
     rec = run_record("python x.py")
     assert rec["command"] == "python x.py" and rec["hardware"]["cpu_count"] >= 1 and "UTC" in rec["date"]
+
+
+def test_count_macs_hand_computed():
+    import torch
+
+    from custom_components.utils import count_macs
+
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)  # 16 outputs x 9 taps
+    assert count_macs(conv, torch.zeros(1, 1, 4, 4)) == 144
+    lin = torch.nn.Linear(3, 2)  # 3 x 2 products
+    assert count_macs(lin, torch.zeros(1, 3)) == 6

@@ -27,12 +27,11 @@ import fire
 import torch
 from monai.networks.nets import BasicUNet
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from custom_components.networks import LeViTUNet  # noqa: E402
-from custom_components.utils import markdown_table, record_markdown, run_record  # noqa: E402
+from custom_components.utils import count_macs, markdown_table, record_markdown, run_record  # noqa: E402
 
 NUM_CLASSES = 9
 # official LeViT-UNet at 1x224x224, K = 9 (spec §2): parameters, GMACs
@@ -60,14 +59,6 @@ def build_models(img_size: int) -> dict[str, Callable[[], nn.Module]]:
             spatial_dims=2, in_channels=1, out_channels=NUM_CLASSES, features=(64, 128, 256, 512, 1024, 64)
         ),
     }
-
-
-def count_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-accumulates of one eval-mode forward pass."""
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    return counter.get_total_flops() // 2
 
 
 def median_ms(step: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:

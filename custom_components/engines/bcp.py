@@ -28,6 +28,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
 from ..transforms.copy_paste import BidirectionalCopyPaste
+from .training import latest_checkpoint
 from .ema import EMA
 
 __all__ = ["BCPTrainer", "pseudo_labels", "largest_component_per_class", "load_pretrained"]
@@ -82,16 +83,19 @@ def pseudo_labels(
     return labels
 
 
-def load_pretrained(path: str | os.PathLike | None, *networks: nn.Module, required: bool = True) -> str | None:
+def load_pretrained(
+    path: str | os.PathLike | None, *networks: nn.Module, required: bool = True,
+    resume_dir: str | os.PathLike | None = None,
+) -> str | None:
     """Load a plain state dict (``models/model.pt`` of the pre-training stage) into each of ``networks``.
 
     Student and teacher start from the same pre-trained weights. An empty ``path`` does nothing (pre-training
-    itself).
+    itself), and so does a ``resume_dir`` holding an interval checkpoint: the resumed run restores its own state.
 
     Raises:
         FileNotFoundError: ``path`` is set, missing and ``required``.
     """
-    if not path:
+    if not path or (resume_dir is not None and latest_checkpoint(resume_dir) is not None):
         return None
     if not os.path.isfile(path):
         if required:
