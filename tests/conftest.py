@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,34 @@ def run_torchrun(configs: list[str | Path], *args: str, port: int, nproc: int = 
     env["OMP_NUM_THREADS"] = "1"
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
+
+
+BUNDLE_OUTPUTS = ("data", "eval", "logs", "runs", "ckpt", "models", "__pycache__")
+
+
+def bundle_names() -> list[str]:
+    """Every bundle of ``bundles/`` (a folder with ``configs/metadata.json``): what the hospital-path tests cover."""
+    return sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
+
+
+def copy_bundle(name: str, dest: Path) -> Path:
+    """A clean copy of bundle ``name`` (configs, docs, license; no data, outputs or weights) at ``dest/name``."""
+    return Path(shutil.copytree(REPO / "bundles" / name, dest / name, ignore=shutil.ignore_patterns(*BUNDLE_OUTPUTS)))
+
+
+def write_random_weights(bundle_dir: Path, configs: tuple[str, ...] = ("inference.json", "quick.json")) -> Path:
+    """Save the random initial weights of the bundle's ``network_def`` (as ``configs`` build it) at its ``ckpt_path``
+    (``models/model.pt``): a trained checkpoint's stand-in for tests of how bundles run, not of what they predict."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle_dir / "configs" / c) for c in configs])
+    parser["bundle_root"] = str(bundle_dir)
+    ckpt = Path(parser.get_parsed_content("ckpt_path"))
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(parser.get_parsed_content("network_def", instantiate=True).state_dict(), ckpt)
+    return ckpt
 
 
 @pytest.fixture(scope="session")

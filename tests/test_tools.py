@@ -405,3 +405,21 @@ def test_packaging_with_weights_and_index(bundle: Path, tmp_path: Path, capsys: 
         assert {f"{NAME}/models/model.pt", f"{NAME}/models/model.ts"} <= set(zf.namelist())
         assert not [n for n in zf.namelist() if n.startswith(f"{NAME}/data/")]
     assert str(zip_path) in capsys.readouterr().out
+
+
+def test_packaging_weights_on_the_mirror(bundle: Path, tmp_path: Path) -> None:
+    _add_outputs(bundle)
+    entry = pb.package_bundle(bundle, tmp_path / "mirror", weights="mirror")
+    files = {f["path"]: f for f in entry["large_files"]}
+    assert sorted(files) == ["models/model.pt", "models/model.ts"]
+    for f in files.values():
+        assert f["file"] == f"{NAME}_v0.1.1_files/{f['path']}"
+        assert f["sha256"] == pb.sha256_file(tmp_path / "mirror" / f["file"]) == pb.sha256_file(bundle / f["path"])
+    with zipfile.ZipFile(tmp_path / "mirror" / entry["file"]) as zf:
+        names = zf.namelist()
+        yml = zf.read(f"{NAME}/large_files.yml").decode()
+    assert not [n for n in names if n.endswith((".pt", ".ts"))]
+    # without --mirror_url the URLs are relative to the mirror folder (tools/fetch_bundle.py resolves them)
+    assert f'url: "{NAME}_v0.1.1_files/models/model.pt"' in yml and f'hash_val: "{files["models/model.pt"]["sha256"]}"' in yml
+    with pytest.raises(ValueError, match="weights must be one of"):
+        pb.package_bundle(bundle, tmp_path / "x", weights="outside")

@@ -4,7 +4,8 @@ Usage::
 
     python tools/package_bundles.py --out dist                 # every folder in bundles/
     python tools/package_bundles.py --out dist NAME [NAME ...] # selected bundles (names or folders)
-    python tools/package_bundles.py --out dist --with_weights  # keep models/*.pt and models/*.ts
+    python tools/package_bundles.py --out dist --weights inside   # keep models/*.pt and *.ts in the zip
+    python tools/package_bundles.py --out dist --weights mirror --mirror_url https://mirror.example/bundles
 
 Each bundle becomes ``<out>/<name>_v<version>.zip`` (version from ``configs/metadata.json``) with
 the bundle folder on top (``<name>/configs/...``) and the repository's ``custom_components``
@@ -12,8 +13,16 @@ package at ``<name>/custom_components/``, so that an unpacked bundle resolves it
 run from its folder. Entries are sorted and have fixed timestamps (1980-01-01) and permissions,
 so building twice gives byte-identical zips. Run outputs (``data/``, ``eval/``, ``logs/``,
 ``runs/``, ``ckpt/``), ``__pycache__`` and ``*.pyc`` are left out, and so are ``models/*.pt`` and
-``models/*.ts`` unless ``--with_weights``. ``<out>/index.json`` lists, per bundle, the version,
-file name, size and sha256 of its zip.
+``models/*.ts`` unless ``--weights inside`` (``--with_weights``) keeps them in the zip.
+
+``--weights mirror`` writes each weight file next to the zips instead, as
+``<out>/<name>_v<version>_files/<path>``, and replaces the zip's ``large_files.yml`` by one that
+lists them with their sha256 (``hash_type: sha256``) and URL: ``<mirror_url>/<name>_v<version>_files/<path>``
+when ``--mirror_url`` is given (then ``python -m monai.bundle download_large_files`` fetches and checks
+them), else the URL relative to the mirror folder, which ``tools/fetch_bundle.py`` resolves.
+
+``<out>/index.json`` lists, per bundle, the version, file name, size and sha256 of its zip, and its
+mirrored ``large_files`` (path in the bundle, file on the mirror, size, sha256).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
@@ -35,6 +45,8 @@ ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 FILE_MODE = 0o100644  # regular file, rw-r--r--
 OUTPUT_DIRS = frozenset({"data", "eval", "logs", "runs", "ckpt"})  # top-level run outputs of a bundle
 WEIGHT_SUFFIXES = frozenset({".pt", ".ts"})
+WEIGHT_MODES = ("none", "inside", "mirror")
+LARGE_FILES_NAME = "large_files.yml"
 IGNORED_DIRS = frozenset({"__pycache__"})
 IGNORED_SUFFIXES = frozenset({".pyc"})
 
@@ -101,27 +113,100 @@ def _zip_info(arcname: str) -> zipfile.ZipInfo:
     return info
 
 
-def write_zip(entries: dict[str, Path], zip_path: str | os.PathLike) -> None:
-    """Write ``entries`` (archive name -> file) sorted by name into a deterministic zip."""
-    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        for arcname in sorted(entries):
-            zf.writestr(_zip_info(arcname), entries[arcname].read_bytes(), compresslevel=9)
+def write_zip(entries: dict[str, Path | bytes], zip_path: str | os.PathLike) -> None:
+    """Write ``entries`` (archive name -> file or content) sorted by name into a deterministic zip.
+
+    The zip is written next to ``zip_path`` and renamed into place, so a failed run leaves no partial zip."""
+    zip_path = Path(zip_path)
+    part = zip_path.with_name(zip_path.name + ".part")
+    try:
+        with zipfile.ZipFile(part, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+            for arcname in sorted(entries):
+                data = entries[arcname]
+                zf.writestr(_zip_info(arcname), data if isinstance(data, bytes) else data.read_bytes(), compresslevel=9)
+        os.replace(part, zip_path)
+    finally:
+        part.unlink(missing_ok=True)
 
 
-def package_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, with_weights: bool = False) -> dict:
-    """Zip one bundle into ``out_dir``; its index entry (name, version, file, size, sha256)."""
+def weight_files(bundle_dir: str | os.PathLike) -> list[tuple[PurePosixPath, Path]]:
+    """``(path in the bundle, file)`` of the weights of a bundle: ``models/*.pt`` and ``models/*.ts``, sorted."""
+    root = Path(bundle_dir)
+    return sorted(
+        (rel, path) for rel, path in _tree_files(root) if rel.parts[0] == "models" and rel.suffix in WEIGHT_SUFFIXES
+    )
+
+
+def large_files_yaml(files: Sequence[dict], mirror_url: str | None) -> bytes:
+    """``large_files.yml`` (the MONAI bundle format) listing the mirrored weight files with their sha256."""
+    lines = [
+        "# Written by tools/package_bundles.py --weights mirror: the weights of this bundle, on the mirror.",
+        "# Fetch them with `python -m monai.bundle download_large_files --bundle_path <bundle folder>`",
+        "# (absolute URLs), or install the bundle with tools/fetch_bundle.py, which checks every sha256.",
+        "large_files:",
+    ]
+    for f in files:
+        url = f"{mirror_url.rstrip('/')}/{f['file']}" if mirror_url else f["file"]
+        lines += [
+            f'  - path: "{f["path"]}"',
+            f'    url: "{url}"',
+            f'    hash_val: "{f["sha256"]}"',
+            '    hash_type: "sha256"',
+        ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def package_bundle(
+    bundle_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    with_weights: bool = False,
+    weights: str | None = None,
+    mirror_url: str | None = None,
+) -> dict:
+    """Zip one bundle into ``out_dir``; its index entry (name, version, file, size, sha256[, large_files]).
+
+    Args:
+        bundle_dir: the bundle folder.
+        out_dir: the output (mirror) folder.
+        with_weights: same as ``weights="inside"``.
+        weights: ``"none"`` (default: weights left out), ``"inside"`` (in the zip) or ``"mirror"`` (next to the
+            zip, listed with hashes in the zip's ``large_files.yml`` and in the index entry).
+        mirror_url: base URL of the mirror, for absolute URLs in ``large_files.yml`` (``weights="mirror"``).
+    """
+    weights = weights or ("inside" if with_weights else "none")
+    if weights not in WEIGHT_MODES:
+        raise ValueError(f"weights must be one of {WEIGHT_MODES}, got {weights!r}")
     bundle_dir, out_dir = Path(bundle_dir).resolve(), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     version = bundle_version(bundle_dir)
-    zip_path = out_dir / f"{bundle_dir.name}_v{version}.zip"
-    write_zip(bundle_entries(bundle_dir, with_weights), zip_path)
-    return {
+    stem = f"{bundle_dir.name}_v{version}"
+    entries: dict[str, Path | bytes] = dict(bundle_entries(bundle_dir, with_weights=weights == "inside"))
+    large_files = []
+    if weights == "mirror":
+        files_dir = out_dir / f"{stem}_files"
+        if files_dir.exists():
+            shutil.rmtree(files_dir)
+        for rel, path in weight_files(bundle_dir):
+            target = files_dir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            large_files.append(
+                {"path": str(rel), "file": f"{stem}_files/{rel}", "size": target.stat().st_size, "sha256": sha256_file(target)}
+            )
+        if large_files:
+            entries[f"{bundle_dir.name}/{LARGE_FILES_NAME}"] = large_files_yaml(large_files, mirror_url)
+    zip_path = out_dir / f"{stem}.zip"
+    write_zip(entries, zip_path)
+    entry = {
         "name": bundle_dir.name,
         "version": version,
         "file": zip_path.name,
         "size": zip_path.stat().st_size,
         "sha256": sha256_file(zip_path),
     }
+    if large_files:
+        entry["large_files"] = large_files
+    return entry
 
 
 def update_index(out_dir: str | os.PathLike, entries: Sequence[dict]) -> Path:
@@ -155,11 +240,15 @@ def default_bundles() -> list[Path]:
 
 
 def package_bundles(
-    names: Sequence[str] = (), out_dir: str | os.PathLike = "dist", with_weights: bool = False
+    names: Sequence[str] = (),
+    out_dir: str | os.PathLike = "dist",
+    with_weights: bool = False,
+    weights: str | None = None,
+    mirror_url: str | None = None,
 ) -> list[dict]:
     """Package the named bundles (default: all) into ``out_dir`` and update its index."""
     paths = [resolve_bundle(n) for n in names] or default_bundles()
-    entries = [package_bundle(p, out_dir, with_weights) for p in paths]
+    entries = [package_bundle(p, out_dir, with_weights, weights, mirror_url) for p in paths]
     update_index(out_dir, entries)
     return entries
 
@@ -169,11 +258,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="bundle names in bundles/ or bundle folders (default: all)")
     parser.add_argument("--out", default="dist", help="output folder (default: dist)")
-    parser.add_argument("--with_weights", action="store_true", help="keep models/*.pt and models/*.ts")
+    parser.add_argument("--weights", choices=WEIGHT_MODES, default=None, help="models/*.pt and *.ts: left out "
+                        "(none, default), in the zip (inside), or next to it with hashes in large_files.yml (mirror)")
+    parser.add_argument("--with_weights", action="store_true", help="same as --weights inside")
+    parser.add_argument("--mirror_url", default=None, help="base URL of the mirror, for absolute large-file URLs")
     args = parser.parse_args(argv)
-    entries = package_bundles(args.names, args.out, args.with_weights)
+    entries = package_bundles(args.names, args.out, args.with_weights, args.weights, args.mirror_url)
     for entry in entries:
         print(f"{Path(args.out) / entry['file']}  {entry['size']} bytes  sha256 {entry['sha256']}")
+        for f in entry.get("large_files", []):
+            print(f"  {Path(args.out) / f['file']}  {f['size']} bytes  sha256 {f['sha256']}")
     print(f"packaged {len(entries)} bundle(s); index: {Path(args.out) / INDEX_NAME}")
     return 0
 
