@@ -149,3 +149,28 @@ def count_macs(model, *inputs) -> int:
     with counter, torch.no_grad():
         model(*inputs)
     return counter.get_total_flops() // 2
+
+
+def plot_bars(path: str | os.PathLike, names: list[str], values: list[float], xlabel: str,
+              errors: list[float] | None = None, colors: list[str] | str = "tab:blue") -> None:
+    """A horizontal bar chart of benchmark scores in [0, 1] (one bar per arm, value printed beside it) as a PNG.
+
+    Plots are optional evidence: a failure (no matplotlib, no display backend) is printed, not raised."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.2))
+        ax.barh(names, values, xerr=errors, color=colors)
+        for i, v in enumerate(values):
+            ax.text(v + 0.02, i, f"{v:.3f}", va="center")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(xlabel)
+        ax.invert_yaxis()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    except Exception as e:  # pragma: no cover - the plot is optional
+        print(f"plot skipped: {e}")

@@ -38,7 +38,7 @@ import fire
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from custom_components.utils import markdown_table, record_markdown, run_record  # noqa: E402
+from custom_components.utils import markdown_table, plot_bars, record_markdown, run_record  # noqa: E402
 
 CFG = REPO / "bundles" / "bcp_acdc_segmentation" / "configs"
 
@@ -149,28 +149,11 @@ def _write(out_dir: Path, record: dict, results: list, rows: list, locals_for_md
           "- metrics: mean over RV, Myo, LV of the test patients (evaluate.json)\n\n",
           markdown_table(headers, rows)]
     (out_dir / "results.md").write_text("".join(md))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        names = [r[0] for r in rows]
-        dice = [r[2] or 0.0 for r in rows]
-        colors = ["tab:gray" if "labeled-only" in n else "tab:blue" if "BCP" in n else "tab:orange" if "teacher" in n
-                  else "tab:green" for n in names]
-        ax.barh(names, dice, color=colors)
-        for i, d in enumerate(dice):
-            ax.text(d + 0.01, i, f"{d:.3f}", va="center")
-        ax.set_xlim(0, 1)
-        ax.set_xlabel("test Dice (mean RV/Myo/LV)")
-        ax.invert_yaxis()
-        fig.tight_layout()
-        fig.savefig(out_dir / "bcp_benchmark.png", dpi=100)
-        plt.close(fig)
-    except Exception as e:  # pragma: no cover - the plot is optional
-        print(f"plot skipped: {e}")
+    names = [r[0] for r in rows]
+    colors = ["tab:gray" if "labeled-only" in n else "tab:blue" if "BCP" in n else "tab:orange" if "teacher" in n
+              else "tab:green" for n in names]
+    plot_bars(out_dir / "bcp_benchmark.png", names, [r[2] or 0.0 for r in rows], "test Dice (mean RV/Myo/LV)",
+              colors=colors)
 
 
 if __name__ == "__main__":

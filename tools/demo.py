@@ -56,6 +56,12 @@ BUNDLE_STEPS: dict[str, tuple[Step, ...]] = {
         Step("evaluate", ("train.json", "evaluate.json", "quick.json")),
         Step("infer", ("inference.json", "quick.json")),
     ),
+    "voco_btcv_segmentation": (
+        Step("pretrain", ("pretrain.json", "quick.json")),
+        Step("train", ("train.json", "quick.json"), (("pretrained_ckpt", "$@ckpt_dir + '/pretrain/backbone.pt'"),)),
+        Step("evaluate", ("train.json", "evaluate.json", "quick.json")),
+        Step("infer", ("inference.json", "quick.json")),
+    ),
 }
 
 

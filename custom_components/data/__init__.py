@@ -34,6 +34,7 @@ from .fewshot import (
 )
 from .datalist import DATALIST_NAME, ensure_dataset, inference_items, load_items
 from .synapse import SYNAPSE_CLASSES, convert_synapse, generate_synapse_synthetic
+from .qata import convert_qata, generate_qata_synthetic
 from .validation import InputDataError, check_datalist, image_shape, require_file
 
 __all__ = [
@@ -45,6 +46,8 @@ __all__ = [
     "SYNAPSE_CLASSES",
     "convert_synapse",
     "generate_synapse_synthetic",
+    "convert_qata",
+    "generate_qata_synthetic",
     "InputDataError",
     "check_datalist",
     "image_shape",

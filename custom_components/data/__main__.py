@@ -13,7 +13,9 @@ import logging
 from collections.abc import Sequence
 
 from .acdc import convert_acdc_h5, convert_la_h5, generate_acdc_synthetic, generate_la_synthetic
+from .btcv import convert_btcv, generate_btcv_synthetic
 from .fewshot import generate_fewshot_synthetic
+from .qata import convert_qata, generate_qata_synthetic
 from .synapse import convert_synapse, generate_synapse_synthetic
 
 COMMANDS = {
@@ -24,6 +26,10 @@ COMMANDS = {
     "synthetic_acdc": generate_acdc_synthetic,
     "convert_la": convert_la_h5,
     "synthetic_la": generate_la_synthetic,
+    "convert_btcv": convert_btcv,
+    "synthetic_btcv": generate_btcv_synthetic,
+    "convert_qata": convert_qata,
+    "synthetic_qata": generate_qata_synthetic,
 }
 
 

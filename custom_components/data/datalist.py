@@ -82,8 +82,24 @@ def _is_image_file(p: Path) -> bool:
     return p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith(".")
 
 
-def _is_dicom_series(p: Path) -> bool:
-    return p.is_dir() and any(f.is_file() and (f.suffix.lower() == ".dcm" or f.suffix == "") for f in p.iterdir())
+def _is_dicom_file(f: Path) -> bool:
+    """A ``.dcm`` file, or a file with the DICOM Part 10 preamble (``DICM`` at byte 128), whatever its name (PACS
+    exports often name files by SOP Instance UID, ``1.2.840....``, or ``IM0001``)."""
+    if not f.is_file() or f.name.startswith("."):
+        return False
+    if f.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(f, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_dicom_series(p: Path, probe: int = 8) -> bool:
+    """A folder whose first ``probe`` files (sorted) include a DICOM file."""
+    return p.is_dir() and any(_is_dicom_file(f) for f in sorted(p.iterdir())[:probe])
 
 
 def inference_items(source: str | os.PathLike, key: str = "test", image_key: str = "image") -> list[dict]:
@@ -91,7 +107,8 @@ def inference_items(source: str | os.PathLike, key: str = "test", image_key: str
 
     Args:
         source: a datalist JSON (its ``key`` split is used; labels are kept for evaluation), a folder (each image
-            file in it and each DICOM-series subfolder becomes an item; a folder of ``.dcm`` files is one series),
+            file in it and each DICOM-series subfolder becomes an item; a folder of DICOM files, ``.dcm`` or any
+            name with the DICOM preamble, is one series, read with ITK keeping its patient geometry),
             or a single image file.
         key: the split of a datalist JSON.
         image_key: the key of the image entry in the returned items.

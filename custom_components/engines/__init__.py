@@ -3,6 +3,7 @@ writer, few-shot inference, training helpers."""
 
 from .bcp import BCPTrainer, largest_component_per_class, load_pretrained, pseudo_labels
 from .ema import EMA, make_teacher
+from .lvit import EPIStore, LViTSemiTrainer, TextPrepareBatch
 from .fewshot import CombineLabelsd, FewShotInferer, PrepareEpisodeBatch, predict_episode
 from .report import SegmentationReport, SegmentationReportHandler, compute_case_metrics, save_overlay_png
 from .training import (
@@ -23,6 +24,9 @@ __all__ = [
     "pseudo_labels",
     "EMA",
     "make_teacher",
+    "EPIStore",
+    "LViTSemiTrainer",
+    "TextPrepareBatch",
     "CombineLabelsd",
     "FewShotInferer",
     "PrepareEpisodeBatch",

@@ -5,6 +5,9 @@ from .bcp_unet import UNet2D, load_official_unet
 from .levit_unet import LeViTUNet, load_levit_imagenet, load_official_state_dict
 from .universeg import CrossBlock, CrossConv2d, UniverSeg, load_universeg_state_dict
 from .vnet import VNet
+from .lvit import LViT
+from .plam import PLAM
+from .voco import VoCoEncoder, VoCoHead, VoCoNet, load_voco_checkpoint, save_voco_backbone
 
 __all__ = [
     "LeViTUNet",
@@ -17,4 +20,11 @@ __all__ = [
     "UNet2D",
     "load_official_unet",
     "VNet",
+    "LViT",
+    "PLAM",
+    "VoCoEncoder",
+    "VoCoHead",
+    "VoCoNet",
+    "load_voco_checkpoint",
+    "save_voco_backbone",
 ]

@@ -3,6 +3,7 @@ few-shot tasks (UniverSeg)."""
 
 from .copy_paste import BidirectionalCopyPaste, box_mask, mix
 from .fewshot import RandBoundaryLabeld, RandInvertIntensityd, RandInvertLabeld, boundary_map
+from .voco import VoCoCropsd
 
 __all__ = [
     "BidirectionalCopyPaste",
@@ -12,4 +13,5 @@ __all__ = [
     "RandInvertIntensityd",
     "RandInvertLabeld",
     "boundary_map",
+    "VoCoCropsd",
 ]

@@ -1,0 +1,403 @@
+"""Evidence for the VoCo bundle on synthetic abdomen CT, CPU-sized.
+
+1. **Pre-training** (the bundle's ``pretrain.json`` + ``quick.json`` objects: preprocessing, VoCoHead, VoCoLoss in the
+   official-code form with the EMA teacher, AdamW-amsgrad, warmup-cosine, ``VoCoIteration`` in a MONAI
+   ``SupervisedTrainer``) on the unlabeled pool, with a ``--grid`` x ``--grid`` base grid: loss terms per iteration and
+   position-prediction accuracy (arg-max logit == arg-max label; chance 1/grid²) on held-out volumes (never used in
+   pre-training) every ``--eval_every`` iterations.
+2. **Fine-tuning from VoCo vs from random initialisation** (the bundle's ``train.json`` + ``quick.json``
+   preprocessing, SwinUNETR(v2), DiceCE, AdamW, warmup-cosine) on ``--num_labeled`` labeled volumes, same iterations,
+   data and seeds for both arms (``--seeds``): per-organ Dice on held-out labeled volumes (sliding window, inverted to
+   the original space) at the iterations in ``--dice_at``, and the wall time of each run (the CPU is shared, so
+   iterations, not seconds, are the budget).
+3. **Sliding-window inference time** of one volume on CPU: the quick setting (fs 12, the quick ROI/overlap) and the
+   full setting (fs 48, ROI 96³, overlap 0.75, 1.5 mm spacing): windows are counted exactly; the full setting's time is
+   the measured time per window times the number of windows when ``--full_windows`` is smaller than that number (it
+   says so in the table).
+
+Writes ``results.json``, ``results.md``, ``pretrain.png`` and ``finetune.png`` with ``run_record()`` provenance::
+
+    OMP_NUM_THREADS=1 nice -n 10 python tools/benchmark_voco.py --out benchmark_results/voco
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import fire
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from custom_components.utils import markdown_table, record_markdown, run_record  # noqa: E402
+
+CFG = REPO / "bundles" / "voco_btcv_segmentation" / "configs"
+ORGANS = ["spleen", "right_kidney", "left_kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
+          "inferior_vena_cava", "portal_and_splenic_veins", "pancreas", "right_adrenal_gland", "left_adrenal_gland"]
+
+
+def _parser(configs: list[str], overrides: dict):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CFG / c) for c in configs])
+    for k, v in overrides.items():
+        parser[k] = v
+    return parser
+
+
+def _pretrain(root: Path, items: list, heldout: list, args: dict, log) -> tuple[dict, list, list]:
+    from ignite.engine import Events
+    from monai.data import DataLoader, Dataset
+    from monai.utils import set_determinism
+
+    from custom_components.engines.voco import evaluate_position_accuracy
+    from custom_components.networks.voco import save_voco_backbone
+
+    set_determinism(seed=args["seed"])
+    parser = _parser(["pretrain.json", "quick.json"], {
+        "bundle_root": str(root), "dataset_dir": str(root / "data"), "train#datalist": items,
+        "voco_grid": args["grid"], "voco_roi": args["roi"], "voco_depth": args["depth"],
+        "voco_crop_size": [args["roi"], args["roi"], args["depth"]], "pretrain_batch_size": 1,
+        "pretrain_lr": args["lr"], "pretrain_warmup_iters": args["warmup"], "pretrain_total_iters": args["iters"],
+        "pretrain_epoch_length": args["eval_every"], "cache_rate": 1.0, "num_workers": 0,
+    })
+    trainer = parser.get_parsed_content("train#trainer")
+    network, loss = parser.get_parsed_content("network"), parser.get_parsed_content("loss")
+    held_pre = copy.deepcopy(parser.get_parsed_content("train#preprocessing"))
+    held_pre.transforms[-1].num_random = args["heldout_random"]  # more random crops per held-out volume
+    held_ds = Dataset(heldout, held_pre)
+    curve, accuracy = [], []
+
+    def held_out(engine=None):
+        state = torch.get_rng_state()
+        held_pre.set_random_state(seed=12345)  # the same crops every time
+        torch.manual_seed(0)
+        res = evaluate_position_accuracy(network, DataLoader(held_ds, batch_size=1), loss)
+        torch.set_rng_state(state)
+        it = engine.state.iteration if engine is not None else 0
+        accuracy.append({"iteration": it, **res})
+        log(f"pretrain it {it}: held-out position accuracy {res['accuracy']:.3f} (chance {1 / args['grid'] ** 2:.3f})")
+
+    def record(engine):
+        out = engine.state.output
+        curve.append({"iteration": engine.state.iteration, "time_s": time.perf_counter() - start, **out})
+        log(f"pretrain it {engine.state.iteration}: " + " ".join(f"{k} {v:.4f}" for k, v in out.items()))
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, record)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, held_out)
+    held_out()
+    start = time.perf_counter()
+    trainer.run()
+    seconds = time.perf_counter() - start
+    path = save_voco_backbone(network, root / "backbone.pt")
+    return {"seconds": seconds, "backbone": str(path)}, curve, accuracy
+
+
+def _dice_per_organ(network, parser, items: list) -> dict:
+    from monai.data import DataLoader, Dataset, decollate_batch
+    from monai.metrics import DiceMetric
+
+    pre = parser.get_parsed_content("validate#preprocessing")
+    post = parser.get_parsed_content("validate#postprocessing")
+    inferer = parser.get_parsed_content("validate#inferer")
+    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
+    network.eval()
+    with torch.no_grad():
+        for batch in DataLoader(Dataset(items, pre), batch_size=1):
+            batch["pred"] = inferer(batch["image"], network)
+            for d in decollate_batch(batch):
+                d = post(d)
+                metric(d["pred"][None], d["label"][None])
+    per_case = metric.aggregate().cpu().numpy()  # (cases, 13), nan where the organ is absent
+    metric.reset()
+    network.train()
+    organ = {name: float(np.nanmean(per_case[:, i])) if np.isfinite(per_case[:, i]).any() else None
+             for i, name in enumerate(ORGANS)}
+    return {"mean": float(np.nanmean(per_case)), "organs": organ}
+
+
+def _finetune(root: Path, train_items: list, test_items: list, backbone: str | None, seed: int, args: dict,
+              log) -> dict:
+    from monai.data import DataLoader
+    from monai.utils import set_determinism
+
+    from custom_components.networks.voco import load_voco_checkpoint
+
+    set_determinism(seed=seed)
+    parser = _parser(["train.json", "quick.json"], {
+        "bundle_root": str(root), "dataset_dir": str(root / "data"), "train#datalist": train_items,
+        "validate#datalist": test_items, "num_samples": args["num_samples"], "learning_rate": args["lr"],
+        "warmup_iters": args["warmup"], "total_iters": args["iters"], "num_workers": 0, "cache_rate": 1.0,
+        "spacing": args["spacing"], "roi": args["roi"],
+    })
+    network = parser.get_parsed_content("network")
+    report = load_voco_checkpoint(network, backbone) if backbone else None
+    optimizer = parser.get_parsed_content("optimizer")
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    loss_fn = parser.get_parsed_content("loss")
+    dataset = parser.get_parsed_content("train#dataset")
+    torch.manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=1, shuffle=True, num_workers=0)
+    history, it, train_seconds = [], 0, 0.0
+    if 0 in args["dice_at"]:
+        history.append({"iteration": 0, "train_seconds": 0.0, **_dice_per_organ(network, parser, test_items)})
+    network.train()
+    while it < args["iters"]:
+        for batch in loader:
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(network(batch["image"]), batch["label"])
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            train_seconds += time.perf_counter() - start
+            it += 1
+            if it in args["dice_at"]:
+                dice = _dice_per_organ(network, parser, test_items)
+                history.append({"iteration": it, "train_seconds": train_seconds, "loss": loss.item(), **dice})
+                log(f"finetune {'voco' if backbone else 'random'} seed {seed} it {it}: loss {loss.item():.3f} "
+                    f"mean Dice {dice['mean']:.3f} ({train_seconds:.0f} s)")
+            if it >= args["iters"]:
+                break
+    return {"seed": seed, "init": "voco" if backbone else "random", "history": history,
+            "train_seconds": train_seconds, "loader": None if report is None else
+            {k: len(v) for k, v in report.items()}}
+
+
+def _inference_time(volume: str, feature_size: int, roi, overlap: float, spacing, max_windows: int | None) -> dict:
+    """Time the sliding window of one volume (preprocessing excluded); extrapolate when windows are capped."""
+    from monai.inferers import SlidingWindowInferer
+    from monai.networks.nets import SwinUNETR
+
+    parser = _parser(["inference.json"], {"spacing": spacing, "roi": roi, "input": volume,
+                                          "dataset_dir": str(Path(volume).parent)})
+    image = parser.get_parsed_content("preprocessing")({"image": volume})["image"][None]
+    shape = [max(s, r) for s, r in zip(image.shape[2:], roi)]
+    windows = 1
+    for size, r in zip(shape, roi):  # MONAI's scan: stride int(roi * (1 - overlap)), last window flush with the end
+        windows *= 1 if size == r else math.ceil((size - r) / max(int(r * (1 - overlap)), 1)) + 1
+    net = SwinUNETR(in_channels=1, out_channels=14, feature_size=feature_size, use_v2=True).eval()
+    with torch.no_grad():
+        if max_windows is None or windows <= max_windows:
+            inferer = SlidingWindowInferer(roi_size=roi, sw_batch_size=1, overlap=overlap)
+            start = time.perf_counter()
+            inferer(image, net)
+            seconds, measured = time.perf_counter() - start, windows
+        else:
+            x = torch.rand(1, 1, *roi)
+            start = time.perf_counter()
+            for _ in range(max_windows):
+                net(x)
+            seconds, measured = (time.perf_counter() - start) / max_windows * windows, max_windows
+    return {"feature_size": feature_size, "roi": list(roi), "overlap": overlap, "spacing": list(spacing),
+            "image_shape": list(image.shape[2:]), "windows": windows, "windows_measured": measured,
+            "seconds": seconds, "extrapolated": measured < windows}
+
+
+def _plot(out: Path, curve: list, accuracy: list, finetune: list, grid: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    its = [c["iteration"] for c in curve]
+    for key in ("loss", "loss_pos", "loss_neg", "loss_reg"):
+        ax[0].plot(its, [c[key] for c in curve], label=key)
+    ax[0].set_xlabel("iteration")
+    ax[0].set_title("VoCo pre-training loss (train crops)")
+    ax[0].legend()
+    ax[1].plot([a["iteration"] for a in accuracy], [a["accuracy"] for a in accuracy], "o-", label="held-out")
+    ax[1].axhline(1 / grid**2, color="gray", ls="--", label="chance")
+    ax[1].set_xlabel("iteration")
+    ax[1].set_title("position-prediction accuracy")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(out / "pretrain.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for init, color in (("voco", "C0"), ("random", "C1")):
+        runs = [r for r in finetune if r["init"] == init]
+        for r in runs:
+            ax.plot([h["iteration"] for h in r["history"]], [h["mean"] for h in r["history"]], color=color, alpha=0.3)
+        mean = np.mean([[h["mean"] for h in r["history"]] for r in runs], axis=0)
+        ax.plot([h["iteration"] for h in runs[0]["history"]], mean, color=color, lw=2, label=f"{init} init (mean)")
+    ax.set_xlabel("fine-tuning iteration")
+    ax.set_ylabel("mean Dice, 13 organs (held-out)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "finetune.png", dpi=100)
+    plt.close(fig)
+
+
+def main(
+    out: str = "benchmark_results/voco",
+    num_unlabeled: int = 12,
+    num_heldout: int = 3,
+    num_labeled: int = 3,
+    num_test: int = 2,
+    shape: tuple = (64, 64, 32),
+    spacing: tuple = (6.0, 6.0, 7.5),
+    grid: int = 3,
+    pretrain_roi: int = 32,
+    pretrain_depth: int = 64,
+    heldout_random: int = 8,
+    pretrain_iters: int = 24,
+    pretrain_lr: float = 5e-4,
+    eval_every: int = 8,
+    finetune_iters: int = 20,
+    finetune_lr: float = 1e-3,
+    finetune_roi: tuple = (64, 64, 32),
+    dice_at: tuple = (0, 10, 20),
+    seeds: tuple = (0, 1, 2),
+    full_windows: int = 2,
+    skip_inference: bool = False,
+    reuse_pretrain: bool = False,
+) -> None:
+    from custom_components.data.btcv import generate_btcv_synthetic
+    from custom_components.data.datalist import load_items
+
+    torch.set_num_threads(1)
+    record = run_record()
+    out_dir = (REPO / out) if not Path(out).is_absolute() else Path(out)
+    work = out_dir / "runs"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        lines.append(msg)
+
+    datalist = generate_btcv_synthetic(work / "data", num_training=num_labeled, num_validation=0, num_test=num_test,
+                                       num_unlabeled=num_unlabeled + num_heldout, shape=shape, spacing=spacing,
+                                       seed=7)
+    unlabeled = load_items(datalist, "unlabeled")
+    pool, heldout = unlabeled[:num_unlabeled], unlabeled[num_unlabeled:]
+    train_items, test_items = load_items(datalist, "training"), load_items(datalist, "test")
+
+    previous = json.loads((out_dir / "results.json").read_text()) if reuse_pretrain else None
+    pre_args = {"seed": 0, "grid": grid, "roi": pretrain_roi, "depth": pretrain_depth, "lr": pretrain_lr,
+                "warmup": max(1, pretrain_iters // 10), "iters": pretrain_iters, "eval_every": eval_every,
+                "heldout_random": heldout_random}
+    if previous is not None:  # the pre-training (and timing) of an earlier run of this tool, same folder
+        pre_args = previous["settings"]["pretrain"]
+        pre = {k: v for k, v in previous["pretrain"].items() if k not in ("curve", "heldout_accuracy")}
+        pre["reused_from"] = previous["record"]
+        curve, accuracy = previous["pretrain"]["curve"], previous["pretrain"]["heldout_accuracy"]
+        log(f"pre-training reused from {previous['record']['date']}: {pre['backbone']}")
+    else:
+        pre, curve, accuracy = _pretrain(work / "pretrain", pool, heldout, pre_args, log)
+
+    ft_args = {"num_samples": 1, "lr": finetune_lr, "warmup": max(1, finetune_iters // 10), "iters": finetune_iters,
+               "spacing": list(spacing), "roi": list(finetune_roi), "dice_at": set(dice_at)}
+    finetune = []
+    for seed in seeds:
+        for backbone in (pre["backbone"], None):
+            finetune.append(_finetune(work / "finetune", train_items, test_items, backbone, seed, ft_args, log))
+
+    timing = previous["inference_time"] if previous is not None else []
+    if not skip_inference and previous is None:
+        volume = test_items[0]["image"]
+        quick = json.loads((CFG / "quick.json").read_text())
+        big = generate_btcv_synthetic(work / "data_timing", num_training=1, num_validation=0, num_test=0,
+                                      num_unlabeled=0, seed=11)  # default synthetic grid: 96x96x48, 4x4x5 mm
+        volume = load_items(big, "training")[0]["image"]
+        timing.append({"setting": "quick", **_inference_time(volume, quick["feature_size"], quick["roi"],
+                                                             quick["sw_overlap"], quick["spacing"], None)})
+        log(f"inference quick: {timing[-1]}")
+        timing.append({"setting": "full", **_inference_time(volume, 48, [96, 96, 96], 0.75, [1.5, 1.5, 1.5],
+                                                            full_windows)})
+        log(f"inference full: {timing[-1]}")
+
+    results = {
+        "record": record,
+        "settings": {"pretrain": {**pre_args, "num_unlabeled": num_unlabeled, "num_heldout": num_heldout,
+                                  "crops_per_volume": grid * grid + 2},
+                     "finetune": {**ft_args, "dice_at": sorted(dice_at), "num_labeled": num_labeled,
+                                  "num_test": num_test, "seeds": list(seeds)},
+                     "data": {"shape": list(shape), "spacing": list(spacing)}},
+        "pretrain": {**pre, "curve": curve, "heldout_accuracy": accuracy},
+        "finetune": finetune,
+        "inference_time": timing,
+        "log": lines,
+    }
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    _plot(out_dir, curve, accuracy, finetune, grid)
+    (out_dir / "results.md").write_text(render_markdown(results))
+    print(render_markdown(results))
+
+
+def render_markdown(results: dict) -> str:
+    s = results["settings"]
+    grid = s["pretrain"]["grid"]
+    md = ["# VoCo benchmark (synthetic abdomen CT, CPU)\n", record_markdown(results["record"])]
+    reused = results["pretrain"].get("reused_from")
+    if reused:
+        md.append(f"- pre-training and inference timing reused from the earlier run `{reused['command']}` of "
+                  f"{reused['date']} (same data, seed and folder)\n")
+    md.append(f"\n## Pre-training ({grid}x{grid} grid, {s['pretrain']['crops_per_volume']} crops of "
+              f"{s['pretrain']['roi']}x{s['pretrain']['roi']}x{s['pretrain']['depth']} per volume, "
+              f"{s['pretrain']['num_unlabeled']} unlabeled volumes, {s['pretrain']['iters']} iterations of 1 volume, "
+              f"{results['pretrain']['seconds']:.0f} s)\n\n")
+    rows = [[a["iteration"], a["accuracy"], a["loss"], a["pos"], a["neg"], a["reg"]]
+            for a in results["pretrain"]["heldout_accuracy"]]
+    md.append(f"Held-out volumes ({s['pretrain']['num_heldout']}, never pre-trained on; "
+              f"{s['pretrain']['heldout_random']} random crops each, the same crops at every evaluation); chance "
+              f"accuracy {1 / grid**2:.3f}.\n\n")
+    md.append(markdown_table(["iteration", "position accuracy", "loss", "L_pos", "L_neg", "L_reg"], rows))
+    curve = results["pretrain"]["curve"]
+    if curve:
+        k = max(1, len(curve) // 3)
+        first, last = curve[:k], curve[-k:]
+        mean = lambda xs, key: float(np.mean([x[key] for x in xs]))  # noqa: E731
+        md.append(f"\nTraining crops, mean of the first vs the last {k} iterations: "
+                  + ", ".join(f"{key} {mean(first, key):.3f} -> {mean(last, key):.3f}"
+                              for key in ("loss", "loss_pos", "loss_neg", "loss_reg", "accuracy")) + ".\n")
+    ft = results["finetune"]
+    md.append(f"\n## Fine-tuning: VoCo init vs random init ({s['finetune']['num_labeled']} labeled volumes, "
+              f"{s['finetune']['iters']} iterations, seeds {s['finetune']['seeds']}, held-out Dice on "
+              f"{s['finetune']['num_test']} volumes in the original space)\n\n")
+    rows = []
+    for it in s["finetune"]["dice_at"]:
+        for init in ("voco", "random"):
+            vals = [h["mean"] for r in ft if r["init"] == init for h in r["history"] if h["iteration"] == it]
+            secs = [h["train_seconds"] for r in ft if r["init"] == init for h in r["history"] if h["iteration"] == it]
+            rows.append([it, init, float(np.mean(vals)), float(np.std(vals)), float(np.mean(secs))])
+    md.append(markdown_table(["iteration", "init", "mean Dice (13 organs)", "std over seeds", "train wall s"], rows))
+    last = max(s["finetune"]["dice_at"])
+    md.append(f"\nPer organ at iteration {last} (mean over seeds; '-' = organ absent or never predicted):\n\n")
+    rows = []
+    for organ in ORGANS:
+        row = [organ]
+        for init in ("voco", "random"):
+            vals = [h["organs"][organ] for r in ft if r["init"] == init for h in r["history"]
+                    if h["iteration"] == last and h["organs"][organ] is not None]
+            row.append(float(np.mean(vals)) if vals else None)
+        rows.append(row)
+    md.append(markdown_table(["organ", "VoCo init", "random init"], rows))
+    loaders = [r["loader"] for r in ft if r["loader"]]
+    if loaders:
+        md.append(f"\nLoader report of the VoCo arm: {loaders[0]} (matched / missing = decoder and output / "
+                  "unexpected / shape-mismatched keys).\n")
+    if results["inference_time"]:
+        md.append("\n## Sliding-window inference time, one volume, CPU (1 thread, shared machine)\n\n")
+        rows = [[t["setting"], t["feature_size"], "x".join(map(str, t["roi"])), t["overlap"],
+                 "x".join(map(str, t["spacing"])), "x".join(map(str, t["image_shape"])), t["windows"],
+                 t["seconds"], f"extrapolated from {t['windows_measured']} windows" if t["extrapolated"]
+                 else "measured"]
+                for t in results["inference_time"]]
+        md.append(markdown_table(["setting", "fs", "ROI", "overlap", "spacing mm", "resampled shape", "windows",
+                                  "seconds", "how"], rows, floatfmt=".2f"))
+    return "".join(md)
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

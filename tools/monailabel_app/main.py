@@ -1,0 +1,296 @@
+"""MONAI Label app that serves the bundles of this collection, offline.
+
+Each bundle folder placed under the app's model folder (``<app>/model/<bundle>``, or ``--conf model_dir DIR``)
+becomes one infer task and one train task named after the folder. Nothing is downloaded: a bundle named in
+``--conf models`` that is not there is an error, whatever ``zoo_source`` says.
+
+The infer task runs the bundle's own ``configs/inference.json`` (``monai.bundle.ConfigWorkflow``) on the request's
+image with ``input``, ``output_dir`` and ``bundle_root`` set by the app; request parameters that name a top-level
+key of the config override it (``support_dir`` for UniverSeg's support folder, ``text``/``text_mode`` for a
+text-guided model, ``threshold``, ...). The train task runs ``configs/train.json`` (``python -m monai.bundle run``)
+in a subprocess, on the bundle's own ``dataset_dir`` (its synthetic demo data unless real data was converted
+there) or, with ``dataset="datastore"``, on the labeled images of the studies folder; request parameters override
+top-level keys the same way (``max_epochs``, ``epoch_length``, ``val_interval``, ``learning_rate``, ...).
+The weights are ``models/model.pt`` of the bundle; training writes there, so the next inference uses them.
+
+Start (see docs/README.md of a bundle, "Use in MONAI Label")::
+
+    monailabel start_server --app tools/monailabel_app --studies STUDIES \\
+        --conf models universeg_fewshot_segmentation --conf zoo_source local [--conf quick true]
+
+``--conf`` keys: ``models`` (comma separated folder names, or ``all``), ``model_dir``, ``zoo_source`` (kept for the
+``monaibundle`` convention; never used to fetch), ``quick`` (``true``: add each bundle's ``configs/quick.json``
+overlay to inference and training; models trained that way need it at inference too), ``skip_trainers``,
+``train_timeout`` (seconds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Dict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bundle_config as bc  # noqa: E402
+from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException  # noqa: E402
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType  # noqa: E402
+from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
+from monailabel.utils.others.generic import strtobool  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+__version__ = "0.1.0"
+
+
+def _checksum(path: str) -> str | None:
+    if not os.path.isfile(path):
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _flag(value: Any) -> bool:
+    return value if isinstance(value, bool) else bool(strtobool(str(value)))
+
+
+class BundleWorkflowInferTask(InferTask):
+    """Runs a bundle's ``configs/inference.json`` on the request's image; returns the label it writes."""
+
+    _lock = threading.Lock()  # one workflow at a time: set_determinism and the network are process-wide
+
+    def __init__(self, path: str, quick: bool = False):
+        self.path = os.path.abspath(path)
+        self.name = os.path.basename(self.path)
+        self.files = bc.config_files(self.path, "inference", quick)
+        self.meta_file = os.path.join(self.path, "configs", "metadata.json")
+        self.top = bc.top_level_config(self.files)
+        meta = bc.read_json(self.meta_file)
+        section = meta.get(bc.METADATA_SECTION, {})
+        image = next(iter(meta["network_data_format"]["inputs"].values()))
+        spatial = image.get("spatial_shape") or [0, 0, 0]
+        params = {k: "" for k in section.get("infer_params", {})}  # shown by clients; "" keeps the default
+        super().__init__(
+            type=InferType.SEGMENTATION,
+            labels={v: k for k, v in bc.label_map(self.path).items() if k != 0},
+            dimension=len(spatial),
+            description=meta.get("name", self.name),
+            config=params,
+        )
+        self.version = meta.get("version")
+
+    def is_valid(self) -> bool:
+        return True
+
+    def info(self) -> Dict[str, Any]:
+        i = super().info()
+        i["version"] = self.version
+        i["params"] = bc.overridable_keys(self.top)
+        return i
+
+    def __call__(self, request):
+        from monai.bundle import ConfigWorkflow
+
+        image = request.get("image")
+        if not image or not os.path.exists(str(image)):
+            raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"{self.name}: input image not found: {image}")
+        try:
+            overrides = bc.request_overrides(self.top, request)
+        except ValueError as e:
+            raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"{self.name}: {e}") from e
+        out_dir = tempfile.mkdtemp(prefix=f"monailabel_{self.name}_")
+        start = time.time()
+        try:
+            with self._lock:
+                workflow = ConfigWorkflow(
+                    config_file=self.files,
+                    meta_file=self.meta_file,
+                    logging_file=False,
+                    workflow_type="inference",
+                    bundle_root=self.path,
+                    input=str(image),
+                    output_dir=out_dir,
+                    **overrides,
+                )
+                workflow.initialize()
+                workflow.run()
+                workflow.finalize()
+            written = bc.find_prediction(out_dir)
+            suffix = ".nii.gz" if written.endswith(".nii.gz") else os.path.splitext(written)[1]
+            fd, result = tempfile.mkstemp(suffix=suffix, prefix=f"{self.name}_")
+            os.close(fd)
+            shutil.move(written, result)
+        finally:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        elapsed = round(time.time() - start, 3)
+        logger.info(f"{self.name}: inference on {image} with {overrides} took {elapsed} s -> {result}")
+        label_names = {v: k for k, v in bc.label_map(self.path).items()}
+        return result, {"label_names": label_names, "bundle": self.name, "overrides": overrides, "latency_s": elapsed}
+
+
+class BundleWorkflowTrainTask(TrainTask):
+    """Runs a bundle's ``configs/train.json`` in a subprocess; the run writes ``models/model.pt`` of the bundle.
+
+    Request keys of its own: ``quick`` (add ``configs/quick.json``), ``dataset`` (``"bundle"``: the bundle's own
+    ``dataset_dir``, default; ``"datastore"``: the studies folder's labeled images as a training/validation
+    datalist, for bundles whose metadata declares ``monailabel.train_datastore``). Other keys naming a top-level key
+    of the train config override it.
+    """
+
+    def __init__(self, path: str, quick: bool = False, timeout: float | None = None):
+        super().__init__(f"Train {os.path.basename(path)} with its configs/train.json")
+        self.path = os.path.abspath(path)
+        self.name = os.path.basename(self.path)
+        self.quick = quick
+        self.timeout = timeout
+        bc.config_files(self.path, "train", quick)  # raises when the bundle cannot train
+        self.bundle_path = None  # not a monailabel BundleTrainTask: no scripts/ folder to put on PYTHONPATH
+
+    def config(self):
+        return {"quick": self.quick, "dataset": "bundle", "max_epochs": "", "val_interval": ""}
+
+    def is_valid(self) -> bool:
+        return True
+
+    def model_path(self) -> str:
+        return os.path.join(self.path, "models", "model.pt")
+
+    def __call__(self, request, datastore):
+        quick = _flag(request.get("quick", self.quick))
+        files = bc.config_files(self.path, "train", quick)
+        top = bc.top_level_config(files)
+        try:
+            overrides = bc.request_overrides(top, request)
+        except ValueError as e:
+            raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"{self.name}: {e}") from e
+        # the bundle's declared MONAI Label defaults, then a fresh run (each train request trains; a finished run in
+        # models/ would otherwise be "resumed" and do nothing), then the request's own values
+        defaults = dict(bc.monailabel_section(self.path).get("train_overrides", {}))
+        if "resume" in top:
+            defaults["resume"] = False
+        overrides = {**defaults, **overrides, "bundle_root": self.path}
+        dataset = request.get("dataset") or "bundle"
+        if dataset == "datastore":
+            if not bc.monailabel_section(self.path).get("train_datastore") or "dataset_dir" not in top:
+                raise MONAILabelException(
+                    MONAILabelError.INVALID_INPUT,
+                    f"{self.name}: training on the datastore's labels is not declared by this bundle (its metadata's "
+                    "monailabel.train_datastore; its train.json must read the training/validation splits of "
+                    "dataset_dir/dataset.json); use dataset='bundle'",
+                )
+            try:
+                datalist = bc.datastore_datalist(datastore.datalist())
+            except ValueError as e:
+                raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"{self.name}: {e}") from e
+            dataset_dir = os.path.join(self.path, "data", "monailabel")
+            os.makedirs(dataset_dir, exist_ok=True)
+            with open(os.path.join(dataset_dir, "dataset.json"), "w") as f:
+                json.dump(datalist, f, indent=2)
+            overrides["dataset_dir"] = dataset_dir
+        elif dataset != "bundle":
+            raise MONAILabelException(
+                MONAILabelError.INVALID_INPUT, f"{self.name}: dataset must be 'bundle' or 'datastore', not {dataset!r}"
+            )
+
+        before = _checksum(self.model_path())
+        with tempfile.TemporaryDirectory(prefix=f"monailabel_train_{self.name}_") as tmp:
+            override_file = os.path.join(tmp, "monailabel_overrides.json")
+            with open(override_file, "w") as f:
+                json.dump(overrides, f, indent=2)
+            logging_conf = os.path.join(self.path, "configs", "logging.conf")
+            cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(files + [override_file])]
+            cmd += ["--meta_file", os.path.join(self.path, "configs", "metadata.json")]
+            if os.path.isfile(logging_conf):
+                cmd += ["--logging_file", logging_conf]
+            logger.info(f"{self.name}: training: {' '.join(cmd)}; overrides {overrides}")
+            start = time.time()
+            proc = subprocess.Popen(
+                cmd, cwd=self.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            )
+            tail: list = []
+            cause: list = []
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip()
+                logger.info(f"[{self.name} train] {line}")
+                tail = (tail + [line])[-20:]
+                if re.match(r"^\w+(Error|Exception)\b", line):  # the exception lines of a traceback
+                    cause = (cause + [line])[-3:]
+                if self.timeout and time.time() - start > self.timeout:
+                    proc.kill()
+                    break
+            rc = proc.wait()
+        elapsed = round(time.time() - start, 1)
+        after = _checksum(self.model_path())
+        if rc != 0:
+            raise MONAILabelException(
+                MONAILabelError.SERVER_ERROR, f"{self.name}: training failed (exit {rc}): " + " | ".join(cause or tail[-5:])
+            )
+        return {
+            "bundle": self.name,
+            "model": self.model_path(),
+            "model_changed": before != after,
+            "train_time_s": elapsed,
+            "overrides": {k: v for k, v in overrides.items() if k != "bundle_root"},
+        }
+
+
+class BundleCollectionApp(MONAILabelApp):
+    """One infer and one train task per bundle folder under the model folder."""
+
+    def __init__(self, app_dir, studies, conf):
+        self.model_dir = os.path.abspath(conf.get("model_dir") or os.path.join(app_dir, "model"))
+        self.quick = _flag(conf.get("quick", "false"))
+        names = [n.strip() for n in (conf.get("models") or "all").split(",") if n.strip()]
+        if names == ["all"]:
+            names = sorted(
+                n for n in os.listdir(self.model_dir)
+                if os.path.isfile(os.path.join(self.model_dir, n, "configs", "inference.json"))
+            ) if os.path.isdir(self.model_dir) else []
+        missing = [n for n in names if not os.path.isdir(os.path.join(self.model_dir, n))]
+        if missing or not names:
+            raise MONAILabelException(
+                MONAILabelError.APP_INIT_ERROR,
+                f"bundle folder(s) {missing or '(none)'} not found under {self.model_dir}: this app runs offline; copy "
+                "the bundle folder(s) there (cp -r bundles/<name> <app>/model/) and name them with --conf models",
+            )
+        self.models = {n: os.path.join(self.model_dir, n) for n in names}
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="MONAI Label - bundle collection",
+            description="Segmentation bundles of this collection, run through their own bundle configs",
+            version=__version__,
+        )
+
+    def init_infers(self) -> Dict[str, InferTask]:
+        infers: Dict[str, InferTask] = {}
+        for name, path in self.models.items():
+            infers[name] = BundleWorkflowInferTask(path, quick=self.quick)
+            logger.info(f"+++ infer task {name} => {path}")
+        return infers
+
+    def init_trainers(self) -> Dict[str, TrainTask]:
+        trainers: Dict[str, TrainTask] = {}
+        if _flag(self.conf.get("skip_trainers", "false")):
+            return trainers
+        timeout = float(self.conf["train_timeout"]) if self.conf.get("train_timeout") else None
+        for name, path in self.models.items():
+            if os.path.isfile(os.path.join(path, "configs", "train.json")):
+                trainers[name] = BundleWorkflowTrainTask(path, quick=self.quick, timeout=timeout)
+                logger.info(f"+++ train task {name} => {path}")
+        return trainers
