@@ -151,6 +151,10 @@ def is_main_process() -> bool:
 
 
 def cleanup_distributed() -> None:
-    """Destroy the default process group if one is active (the ``finalize`` step of training configs)."""
+    """Destroy the default process group if one is active (the ``finalize`` step of training configs).
+
+    The ranks first meet at a barrier: a rank that tears its gloo group down while another still talks to it
+    can abort at exit ("terminate called without an active exception")."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
