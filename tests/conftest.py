@@ -39,6 +39,9 @@ def check_run(proc: subprocess.CompletedProcess) -> str:
     return out
 
 
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def run_torchrun(configs: list[str | Path], *args: str, port: int, nproc: int = 2,
                  timeout: int = 900) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node=<nproc> -m monai.bundle run --config_file [...] <args>`` on CPU (gloo), one thread
@@ -47,8 +50,15 @@ def run_torchrun(configs: list[str | Path], *args: str, port: int, nproc: int = 
            "-m", "monai.bundle", "run", "--config_file", repr([str(c) for c in configs]), *args]
     env = bundle_env()
     env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
+    if proc.returncode != 0 and TEARDOWN_ABORT in proc.stdout + proc.stderr:
+        # Known, unexplained: now and then (about 1 run in 8 here, so far only UniverSeg's DDP with unused
+        # parameters) a rank aborts at interpreter exit, after its workflow has finished. Run once more; a second
+        # abort, or any other failure, fails the test.
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    return proc
 
 
 BUNDLE_OUTPUTS = ("data", "eval", "logs", "runs", "ckpt", "models", "__pycache__")
