@@ -31,11 +31,8 @@ provenance into ``--out``::
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import fire
@@ -43,7 +40,9 @@ import fire
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from custom_components.utils import markdown_table, plot_bars, record_markdown, run_record  # noqa: E402
+from custom_components.utils import (  # noqa: E402
+    markdown_table, plot_bars, record_markdown, run_bundle_workflow, run_record,
+)
 
 CFG = REPO / "bundles" / "lvit_qata_covid19_segmentation" / "configs"
 
@@ -66,17 +65,7 @@ ARMS = {
 
 
 def _run(configs: list[str], root: Path, overrides: dict, log: Path) -> float:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr([str(CFG / c) for c in configs]),
-           "--bundle_root", str(root)]
-    for k, v in overrides.items():
-        cmd += [f"--{k}", str(v)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed, see {log}")
-    return time.perf_counter() - start
+    return run_bundle_workflow(CFG, configs, root, overrides, log)
 
 
 def _shuffled_datalist(datalist: Path, out: Path) -> Path:

@@ -280,22 +280,16 @@ def _retrieve_series(remote, study: str, record: dict, out: Path) -> str:
     _log(f"retrieving series {series_uid} ({record['Modality'] or '?'}, {count} instances)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PacsError(f"{out} exists and is not an empty folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        n = 0
+    from custom_components.data.synthetic.io import build_dataset_atomically
+
+    n = 0
+    with build_dataset_atomically(out) as tmp:  # the folder appears complete or not at all
         for n, ds in enumerate(remote.iter_instances(study, series_uid), start=1):
             ds.save_as(tmp / f"{n:05d}.dcm", enforce_file_format=True)
             if n % 50 == 0:
                 _log(f"  {n}/{count} instances")
         if n == 0:
             raise PacsError(f"series {series_uid} returned no instances")
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _log(f"retrieved {n} instances into {out}")
     return str(out)
 

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import datetime
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..data.synthetic.io import build_dataset_atomically
 
 __all__ = ["write_dicom_series", "read_dicom_series", "series_geometry", "DicomInputError"]
 
@@ -170,10 +170,8 @@ def write_dicom_series(
     series_uid = series_instance_uid or generate_uid()
     frame_uid = generate_uid()
     normal = np.cross(geometry["orientation"][:3], geometry["orientation"][3:])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     files = []
-    try:
+    with build_dataset_atomically(out) as tmp:  # the series appears complete or not at all
         for k in range(stored.shape[2]):
             sop_uid = generate_uid()
             meta = FileMetaDataset()
@@ -215,12 +213,6 @@ def write_dicom_series(
             name = f"slice_{k:04d}.dcm"
             ds.save_as(tmp / name, enforce_file_format=True)
             files.append(out / name)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return files
 
 
