@@ -5,10 +5,17 @@ from __future__ import annotations
 import ast
 import inspect
 import os
+import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["bundle_root", "count_macs", "hardware_info", "run_record", "markdown_table", "record_markdown"]
+__all__ = [
+    "bundle_root", "count_macs", "hardware_info", "run_record", "markdown_table", "record_markdown", "plot_bars",
+    "bundle_env", "bundle_command", "run_bundle_workflow", "WorkflowRun", "refuse_expression",
+]
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _root_from_config_path(config_file: str | os.PathLike) -> str:
@@ -176,26 +183,105 @@ def plot_bars(path: str | os.PathLike, names: list[str], values: list[float], xl
         print(f"plot skipped: {e}")
 
 
-def run_bundle_workflow(config_dir: str | os.PathLike, configs: list[str], bundle_root: str | os.PathLike,
-                        overrides: dict, log: str | os.PathLike) -> float:
-    """Run ``python -m monai.bundle run`` on ``configs`` (names in ``config_dir``, merged in order) with
-    ``--bundle_root`` and ``--key value`` overrides, output to ``log``; the wall time in seconds (benchmarks).
+class WorkflowRun(subprocess.CompletedProcess):
+    """A finished ``python -m monai.bundle run`` process (``args``, ``returncode``, ``stdout``, ``stderr``) and its
+    wall time in seconds (``seconds``). ``stdout`` holds the merged output unless it went to a log file."""
+
+    def __init__(self, proc: subprocess.CompletedProcess, seconds: float) -> None:
+        super().__init__(proc.args, proc.returncode, proc.stdout, proc.stderr)
+        self.seconds = seconds
+
+    @property
+    def output(self) -> str:
+        return (self.stdout or "") + (self.stderr or "")
+
+
+def refuse_expression(key: str, value) -> None:
+    """Raise ``ValueError`` when a value given by a user or a remote request would be evaluated by MONAI's parser.
+
+    MONAI's config parser treats a string starting with ``$`` (Python expression), ``@`` (reference) or ``%`` (macro)
+    as code, and has no escape for it: such a value can only reach a config through a file the config reads.
+    """
+    if isinstance(value, str) and value.lstrip()[:1] in ("$", "@", "%"):
+        raise ValueError(
+            f"--{key}: a value starting with '{value.lstrip()[0]}' would be evaluated by MONAI's config parser as code;"
+            " refused (pass such text through a file instead)"
+        )
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            refuse_expression(key, v)
+    if isinstance(value, dict):
+        for v in value.values():
+            refuse_expression(key, v)
+
+
+def bundle_env(threads: int | None = None, extra_path: str | os.PathLike | None = None) -> dict:
+    """The environment of a workflow subprocess: this repository (or ``extra_path``) first on ``PYTHONPATH``, no
+    stdin prompts; ``threads`` sets ``OMP_NUM_THREADS`` (else it is inherited)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(extra_path or REPO), env.get("PYTHONPATH")]))
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def bundle_command(configs: Sequence[str | os.PathLike], overrides: Mapping | None = None, run_id: str | None = None,
+                   python: str | None = None, launcher: Sequence[str] | None = None) -> list[str]:
+    """The argument list of ``python -m monai.bundle run [run_id] --config_file [...] --key value ...``.
+
+    Args:
+        configs: config files, merged in order.
+        overrides: ``--key value`` pairs; a value that is not a string is written with ``str`` (lists and booleans
+            as MONAI's command line reads them).
+        run_id: the workflow to run (``None``: MONAI's default, ``run``).
+        python: the interpreter (default: this one).
+        launcher: arguments between the interpreter and ``-m monai.bundle`` (e.g. ``torch.distributed.run``'s
+            ``["-m", "torch.distributed.run", "--nproc_per_node=2"]``).
+    """
+    cmd = [python or sys.executable, *(launcher or []), "-m", "monai.bundle", "run"] + ([run_id] if run_id else [])
+    cmd += ["--config_file", repr([str(c) for c in configs])]
+    for k, v in (overrides or {}).items():
+        cmd += [f"--{k}", v if isinstance(v, str) else str(v)]
+    return cmd
+
+
+def run_bundle_workflow(configs: Sequence[str | os.PathLike], overrides: Mapping | None = None, *,
+                        run_id: str | None = None, cwd: str | os.PathLike | None = None, env: Mapping | None = None,
+                        log: str | os.PathLike | None = None, timeout: float | None = None, check: bool = True,
+                        python: str | None = None, launcher: Sequence[str] | None = None) -> WorkflowRun:
+    """Run ``python -m monai.bundle run`` as a user does (the command of :func:`bundle_command`), with no stdin.
+
+    The one place that builds and runs a bundle workflow for the demo, the benchmarks, the PACS client, the MONAI
+    Label app and the tests.
+
+    Args:
+        configs, overrides, run_id, python, launcher: as :func:`bundle_command`.
+        cwd: working folder (default: the repository root).
+        env: environment (default: :func:`bundle_env`).
+        log: a file that receives stdout and stderr together; ``None``: both are captured as text.
+        timeout: seconds (``subprocess.TimeoutExpired`` past it).
+        check: raise on a non-zero exit.
+
+    Returns:
+        the finished process with its wall time (``seconds``).
 
     Raises:
-        RuntimeError: the workflow failed (the message gives the command and the log file).
+        RuntimeError: ``check`` and the workflow failed (the message gives the command, then the log file or the
+            end of the output).
     """
-    import subprocess
     import time
 
-    repo = str(Path(__file__).resolve().parents[1])
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-           repr([str(Path(config_dir) / c) for c in configs]), "--bundle_root", str(bundle_root)]
-    for k, v in overrides.items():
-        cmd += [f"--{k}", str(v)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+    cmd = bundle_command(configs, overrides, run_id, python, launcher)
+    kwargs = dict(cwd=str(cwd or REPO), env=dict(env) if env is not None else bundle_env(), stdin=subprocess.DEVNULL,
+                  timeout=timeout, text=True)
     start = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=repo, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed, see {log}")
-    return time.perf_counter() - start
+    if log is not None:
+        with open(log, "w") as f:
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, **kwargs)
+    else:
+        proc = subprocess.run(cmd, capture_output=True, **kwargs)
+    run = WorkflowRun(proc, time.perf_counter() - start)
+    if check and run.returncode != 0:
+        where = f"see {log}" if log is not None else run.output[-3000:]
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {run.returncode}): {where}")
+    return run

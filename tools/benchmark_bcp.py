@@ -43,7 +43,7 @@ CFG = REPO / "bundles" / "bcp_acdc_segmentation" / "configs"
 
 
 def _run(configs: list[str], root: Path, overrides: dict, log: Path) -> float:
-    return run_bundle_workflow(CFG, configs, root, overrides, log)
+    return run_bundle_workflow([CFG / c for c in configs], {"bundle_root": root, **overrides}, log=log).seconds
 
 
 def _summary(report: dict) -> dict:

@@ -65,7 +65,7 @@ ARMS = {
 
 
 def _run(configs: list[str], root: Path, overrides: dict, log: Path) -> float:
-    return run_bundle_workflow(CFG, configs, root, overrides, log)
+    return run_bundle_workflow([CFG / c for c in configs], {"bundle_root": root, **overrides}, log=log).seconds
 
 
 def _shuffled_datalist(datalist: Path, out: Path) -> Path:
