@@ -258,7 +258,8 @@ def run_bundle_workflow(configs: Sequence[str | os.PathLike], overrides: Mapping
         configs, overrides, run_id, python, launcher: as :func:`bundle_command`.
         cwd: working folder (default: the repository root).
         env: environment (default: :func:`bundle_env`).
-        log: a file that receives stdout and stderr together; ``None``: both are captured as text.
+        log: a file that receives the command line, then stdout and stderr together; ``None``: both are captured
+            as text.
         timeout: seconds (``subprocess.TimeoutExpired`` past it).
         check: raise on a non-zero exit.
 
@@ -269,6 +270,7 @@ def run_bundle_workflow(configs: Sequence[str | os.PathLike], overrides: Mapping
         RuntimeError: ``check`` and the workflow failed (the message gives the command, then the log file or the
             end of the output).
     """
+    import shlex
     import time
 
     cmd = bundle_command(configs, overrides, run_id, python, launcher)
@@ -277,6 +279,8 @@ def run_bundle_workflow(configs: Sequence[str | os.PathLike], overrides: Mapping
     start = time.perf_counter()
     if log is not None:
         with open(log, "w") as f:
+            f.write(shlex.join(cmd) + "\n\n")  # the log says what made it
+            f.flush()
             proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, **kwargs)
     else:
         proc = subprocess.run(cmd, capture_output=True, **kwargs)

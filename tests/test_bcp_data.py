@@ -16,7 +16,7 @@ from custom_components.data.acdc import (
     generate_acdc_synthetic,
     generate_la_synthetic,
     labeled_items,
-    split_labeled,
+    split_first_patients,
     unlabeled_items,
 )
 from custom_components.data.synthetic.cardiac import CardiacMRIPhantom, LeftAtriumPhantom
@@ -57,9 +57,9 @@ def test_synthetic_datalists_split_by_patient(tmp_path):
     assert [len(data[k]) for k in ("training", "unlabeled", "validation", "test")] == [2, 3, 1, 2]
     patients = [it["patient"] for k in ("training", "unlabeled", "validation", "test") for it in data[k]]
     assert len(set(patients)) == len(patients) == 8
-    lab, unl = split_labeled(path)
+    lab, unl = split_first_patients(path)
     assert len(lab) == 2 and len(unl) == 3 and all("label" not in it for it in unl)
-    lab, unl = split_labeled(path, 3)
+    lab, unl = split_first_patients(path, 3)
     assert [it["patient"] for it in lab] == ["patient000", "patient001", "patient002"] and len(unl) == 2
     assert len(labeled_items(path, 1, repeats=4)) == 4 and len(unlabeled_items(path, 5)) == 0
     img = nib.load(lab[0]["image"])

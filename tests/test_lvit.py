@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import zipfile
 
 import numpy as np
@@ -18,7 +19,7 @@ from custom_components.data.qata import (
     generate_qata_synthetic,
     load_lv_bank,
     read_descriptions,
-    split_labeled,
+    split_random_fraction,
 )
 from custom_components.data.synthetic.chest import ChestXRayPhantom
 from custom_components.data.text_embedding import HashTextEncoder, TextEmbeddingCache, TextEmbeddingd
@@ -293,21 +294,74 @@ def test_phantom_decoys_are_outside_the_mask():
         assert not mask.any() and zones == []  # decoys are never infection
 
 
+def _use_shared_strings(path):
+    """Rewrite an openpyxl-written xlsx (inline strings) the way Excel and LibreOffice store text: a shared-strings
+    table (``xl/sharedStrings.xml``) referenced by index from ``t="s"`` cells."""
+    from xml.sax.saxutils import escape
+
+    with zipfile.ZipFile(path) as z:
+        parts = {n: z.read(n) for n in z.namelist()}
+    strings: list[str] = []
+
+    def to_index(m):
+        strings.append(m.group(2))
+        return f'<c {m.group(1)} t="s"><v>{len(strings) - 1}</v></c>'
+
+    for name in [n for n in parts if n.startswith("xl/worksheets/")]:
+        xml = parts[name].decode()
+        xml = re.sub(r'<c ([^>]*?) ?t="inlineStr"><is><t[^>]*>(.*?)</t></is></c>', to_index, xml)
+        parts[name] = xml.encode()
+    ns = "http://schemas.openxmlformats.org"
+    sst = "".join(f"<si><t>{s}</t></si>" for s in strings)  # the texts are still XML-escaped
+    parts["xl/sharedStrings.xml"] = (
+        f'<sst xmlns="{ns}/spreadsheetml/2006/main" count="{len(strings)}" uniqueCount="{len(strings)}">{sst}</sst>'
+    ).encode()
+    ct = escape("application/vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml")
+    parts["[Content_Types].xml"] = parts["[Content_Types].xml"].replace(
+        b"</Types>", f'<Override PartName="/xl/sharedStrings.xml" ContentType="{ct}"/></Types>'.encode())
+    rel = f'<Relationship Id="rIdSST" Type="{ns}/officeDocument/2006/relationships/sharedStrings" ' \
+          'Target="sharedStrings.xml"/>'
+    parts["xl/_rels/workbook.xml.rels"] = parts["xl/_rels/workbook.xml.rels"].replace(
+        b"</Relationships>", f"{rel}</Relationships>".encode())
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in parts.items():
+            z.writestr(name, data)
+
+
 def _write_xlsx(path, rows):
-    """A minimal xlsx (shared strings) without openpyxl."""
-    strings = [v for r in rows for v in r]
-    sst = "".join(f"<si><t>{s}</t></si>" for s in strings)
-    cells, k = [], 0
+    """An xlsx written by openpyxl, its text moved to a shared-strings table as spreadsheet programs do."""
+    openpyxl = pytest.importorskip("openpyxl")
+    wb = openpyxl.Workbook()
     for i, r in enumerate(rows, start=1):
-        cs = []
-        for j, _ in enumerate(r):
-            cs.append(f'<c r="{chr(65 + j)}{i}" t="s"><v>{k}</v></c>')
-            k += 1
-        cells.append(f'<row r="{i}">{"".join(cs)}</row>')
-    ns = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("xl/sharedStrings.xml", f"<sst {ns}>{sst}</sst>")
-        z.writestr("xl/worksheets/sheet1.xml", f"<worksheet {ns}><sheetData>{''.join(cells)}</sheetData></worksheet>")
+        for j, v in enumerate(r, start=1):
+            wb.active.cell(row=i, column=j, value=v)
+    wb.save(path)
+    _use_shared_strings(path)
+
+
+def test_read_descriptions_xlsx_quirks(tmp_path):
+    """Shared strings, an empty first row and an empty row in between, a numeric cell, extra columns, a first sheet
+    that is not named Sheet1 and a second sheet that is ignored."""
+    openpyxl = pytest.importorskip("openpyxl")
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "Descriptions"
+    ws["B2"], ws["C2"], ws["D2"] = "Description", " IMAGE ", "note"  # header on row 2, shuffled columns
+    ws["B3"], ws["C3"] = "Bilateral pulmonary infection, two infected areas.", "mask_a.png"
+    ws["B5"], ws["C5"], ws["D5"] = 7, "mask_b.png", 1.5  # row 4 empty; a numeric description
+    ws["B6"] = "orphan sentence without image"
+    wb.create_sheet("Other")["A1"] = "ignored"
+    path = tmp_path / "Train_text.xlsx"
+    wb.save(path)
+    expected = {"mask_a.png": "Bilateral pulmonary infection, two infected areas.", "mask_b.png": "7"}
+    assert read_descriptions(path) == expected  # openpyxl's own inline strings
+    _use_shared_strings(path)
+    with zipfile.ZipFile(path) as z:
+        assert "xl/sharedStrings.xml" in z.namelist() and b't="s"' in z.read("xl/worksheets/sheet1.xml")
+    assert read_descriptions(path) == expected
+    (tmp_path / "broken_text.xlsx").write_bytes(b"not a zip")
+    with pytest.raises(zipfile.BadZipFile):
+        read_descriptions(tmp_path / "broken_text.xlsx")
 
 
 def test_convert_published_layout_with_xlsx_and_csv(tmp_path):
@@ -337,7 +391,7 @@ def test_synthetic_dataset_splits_bank_and_text(tmp_path):
     path = generate_qata_synthetic(tmp_path / "d", num_training=8, num_validation=1, num_test=2, size=64)
     data = json.loads(open(path).read())
     assert all(it["text"] for split in data.values() for it in split)
-    lab, unl = split_labeled(path, 0.25)
+    lab, unl = split_random_fraction(path, 0.25)
     assert len(lab) == 2 and len(unl) == 6
     assert all("label" not in it and it["text"] and it["uid"].startswith("Train_Folder/img/") for it in unl)
     cache = TextEmbeddingCache(None, HashTextEncoder(10, 16))

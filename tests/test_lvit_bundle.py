@@ -48,7 +48,7 @@ def semi(tmp_path_factory) -> tuple[Path, str]:
     return root, out
 
 
-def test_supervised_training_writes_plain_state_dict(trained):
+def test_supervised_training_writes_plain_state_dict(trained, user_cache_dir):
     from custom_components.networks import LViT
 
     quick = json.loads((CFG / "quick.json").read_text())
@@ -56,7 +56,8 @@ def test_supervised_training_writes_plain_state_dict(trained):
     net.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))  # strict
     ckpts = sorted(p.name for p in (trained / "models").glob("checkpoint*.pt"))
     assert len(ckpts) == 1 and ckpts[0].endswith("=2.pt"), ckpts
-    assert any((trained / "models" / "text_embeddings").rglob("*.pt"))  # embeddings cached on disk
+    assert any((user_cache_dir / "custom_components" / "text_embeddings").rglob("*.pt"))  # cached per user
+    assert not [p for p in trained.rglob("*") if "text_embeddings" in p.parts]  # never inside the bundle
 
 
 def test_supervised_evaluation_writes_report(trained):

@@ -45,18 +45,49 @@ SHORT_TRAIN = {"quick": True, "max_epochs": 1, "epoch_length": 2, "val_interval"
 # request -> config mapping (no server, no venv)
 
 
-def test_request_overrides_take_plain_values_of_top_level_keys_only():
-    config = {"support_dir": "$@dataset_dir + '/support'", "threshold": 0.5, "text": "", "network_def": {"_target_": "X"},
-              "ckpt_path": "$@ckpt_dir + '/model.pt'", "class_names": ["a", "b"]}
-    request = {"model": "m", "image": "/x.nii.gz", "support_dir": "/data/support", "threshold": 0.3, "text": "",
-               "network_def": "y", "ckpt_path": "/elsewhere.pt", "device": "cuda", "class_names": ["c"]}
-    assert bundle_config.request_overrides(config, request) == {
-        "support_dir": "/data/support", "threshold": 0.3, "class_names": ["c"]}
-    for bad in ("$__import__('os').system('x')", "@network_def", "%configs/train.json#x"):
+CONFIG = {"support_dir": "$@dataset_dir + '/support'", "threshold": 0.5, "text": "", "network_def": {"_target_": "X"},
+          "ckpt_path": "$@ckpt_dir + '/model.pt'", "class_names": ["a", "b"], "text_cache_dir": "/cache",
+          "device": "$torch.device('cpu')"}
+ALLOWED = ["threshold", "text", "class_names", "support_set"]
+
+
+def _named(tmp_path):
+    for name in ("liver", "knee"):
+        (tmp_path / "support_sets" / name).mkdir(parents=True)
+    return {"support_set": {"config_key": "support_dir", "folder": str(tmp_path / "support_sets"),
+                            "choices": {"liver": str(tmp_path / "support_sets" / "liver")}}}
+
+
+def test_request_overrides_take_declared_plain_values_only(tmp_path):
+    named = _named(tmp_path)
+    request = {"model": "m", "image": "/x.nii.gz", "threshold": 0.3, "text": "", "device": "cuda",
+               "class_names": ["c"], "support_set": "liver", "result_extension": ".nii.gz"}
+    assert bundle_config.request_overrides(CONFIG, request, ALLOWED, named) == {
+        "threshold": 0.3, "class_names": ["c"], "support_dir": str(tmp_path / "support_sets" / "liver")}
+    for bad in ("$__import__('os').system('x')", "@network_def", "%configs/train.json#x", " $x"):
         with pytest.raises(ValueError, match="expressions"):
-            bundle_config.request_overrides(config, {"support_dir": bad})
+            bundle_config.request_overrides(CONFIG, {"text": bad}, ALLOWED, named)
     with pytest.raises(ValueError, match="nested"):
-        bundle_config.request_overrides(config, {"class_names": [["a"]]})
+        bundle_config.request_overrides(CONFIG, {"class_names": [["a"]]}, ALLOWED, named)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("support_dir", "/data/elsewhere", "names a path"),        # a path key, even one a named path sets
+    ("text_cache_dir", "/srv/www", "names a path"),            # a path key the bundle never declared
+    ("ckpt_path", "/elsewhere.pt", "names a path"),
+    ("network_def", "y", "not declared"),                      # a config key that is not on the list
+    ("support_set", "../../etc", "not one of this server's names"),
+    ("support_set", "knee", "not one of this server's names"),  # a folder without being a listed choice
+])
+def test_request_overrides_refuse_undeclared_keys_paths_and_unknown_names(tmp_path, key, value, match):
+    with pytest.raises(ValueError, match=match):
+        bundle_config.request_overrides(CONFIG, {key: value}, ALLOWED, _named(tmp_path))
+
+
+def test_a_declared_path_key_is_refused_at_start():
+    with pytest.raises(ValueError, match="names a path"):
+        bundle_config.check_declaration(CONFIG, ["text_cache_dir"])
+    bundle_config.check_declaration(CONFIG, ALLOWED, {"support_set": {"config_key": "support_dir"}})
 
 
 def test_datastore_datalist_splits_labeled_images():
@@ -89,10 +120,14 @@ def test_bundle_declares_what_monailabel_needs(name):
     top = bundle_config.top_level_config(bundle_config.config_files(bundle, "inference", quick=False))
     card = (bundle / "docs" / "README.md").read_text()
     assert "## Use in MONAI Label" in card, f"{name}: docs/README.md has no 'Use in MONAI Label' section"
+    named = bundle_config.named_paths(bundle)
+    bundle_config.check_declaration(top, bundle_config.request_params(bundle, "infer"), named, name)
     for key in section.get("infer_params", {}):
-        assert key in top and bundle_config.is_overridable(key, top[key]), f"{name}: infer param {key} not in inference.json"
         assert f"`{key}`" in card.split("## Use in MONAI Label", 1)[1], f"{name}: infer param {key} not documented"
     train_top = bundle_config.top_level_config(bundle_config.config_files(bundle, "train", quick=False))
+    bundle_config.check_declaration(train_top, bundle_config.request_params(bundle, "train"), named, name)
+    for key in SHORT_TRAIN:  # what the server test sends every bundle: declared wherever train.json has the key
+        assert key == "quick" or key not in train_top or key in section.get("train_params", {}), (name, key)
     for key in section.get("train_overrides", {}):
         assert key in train_top, f"{name}: train override {key} is not a top-level key of train.json"
 
@@ -148,17 +183,22 @@ def _prepare(name: str, root: Path) -> dict:
     suffix = "".join(image.suffixes[-2:]) if image.name.endswith(".nii.gz") else image.suffix
     study = studies / f"sample{suffix}"
     shutil.copy(image, study)
-    params = {k: v for k, v in item.items() if k not in ("image", "label") and isinstance(v, (str, int, float, bool))}
-    # the request parameters the bundle declares (e.g. a support folder): a path default is moved elsewhere and given
-    # in the request, so the inference can only succeed if the parameter reaches the bundle's config
-    for key in bundle_config.monailabel_section(bundle).get("infer_params", {}):
+    declared = bundle_config.request_params(bundle, "infer")
+    params = {k: v for k, v in item.items() if k in declared and isinstance(v, (str, int, float, bool))}
+    # the request parameters the bundle declares: a named path's default folder (e.g. a support set) is moved to the
+    # server's list of names and the request gives its name, so the inference can only succeed if the name reaches
+    # the bundle's config
+    spec = bundle_config.monailabel_section(bundle).get("named_paths", {})
+    for key in declared:
+        if key in spec:
+            default = parser.get_parsed_content(spec[key]["config_key"])
+            listed = bundle / spec[key]["folder"] / "from_request"
+            listed.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(default, listed)
+            params[key] = listed.name
+            continue
         value = parser.get_parsed_content(key)
-        if isinstance(value, str) and value and os.path.exists(value):
-            moved = root / "request_params" / key
-            moved.parent.mkdir(exist_ok=True)
-            shutil.move(value, moved)
-            params[key] = str(moved)
-        elif isinstance(value, (str, int, float, bool)):
+        if isinstance(value, (str, int, float, bool)):
             params.setdefault(key, value)
     return {"app": app, "bundle": bundle, "studies": studies, "study": study, "params": params, "ckpt": ckpt,
             "label": item.get("label")}

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, bundle_names, copy_bundle, write_random_weights
+from conftest import REPO, bundle_names, copy_bundle, write_default_intensity_record, write_random_weights
+
+from custom_components.utils import run_bundle_workflow
 
 sys.path.insert(0, str(REPO / "tools"))
 
@@ -49,6 +51,7 @@ def mirror(tmp_path_factory):
     for name in BUNDLES:
         src = copy_bundle(name, tmp / "sources")
         sources[name] = write_random_weights(src)
+        write_default_intensity_record(src)  # shipped beside the weights (large_files.yml shipped_files)
     pb.package_bundles([str(tmp / "sources" / n) for n in BUNDLES], folder, weights="mirror", mirror_url=url)
     yield {"folder": folder, "url": url, "tmp": tmp, "weights": sources}
     server.shutdown()
@@ -80,13 +83,15 @@ def test_index_lists_weights_with_hashes(mirror):
     assert sorted(index) == BUNDLES
     for name, entry in index.items():
         assert entry["sha256"] == _sha256(mirror["folder"] / entry["file"])
-        (large,) = entry["large_files"]
-        assert large["path"] == "models/model.pt"
+        large, record = sorted(entry["large_files"], key=lambda f: f["path"])
+        assert large["path"] == "models/model.pt" and record["path"] == "models/model.pt.json"
         assert large["sha256"] == _sha256(mirror["folder"] / large["file"]) == _sha256(mirror["weights"][name])
+        assert record["sha256"] == _sha256(mirror["folder"] / record["file"])
         with zipfile.ZipFile(mirror["folder"] / entry["file"]) as zf:
             yml = zf.read(f"{name}/large_files.yml").decode()
-            assert not [n for n in zf.namelist() if n.endswith(".pt")]
-        assert f'hash_val: "{large["sha256"]}"' in yml and f'url: "{mirror["url"]}/{large["file"]}"' in yml
+            assert not [n for n in zf.namelist() if n.endswith((".pt", ".pt.json"))]
+        for f in (large, record):
+            assert f'hash_val: "{f["sha256"]}"' in yml and f'url: "{mirror["url"]}/{f["file"]}"' in yml
 
 
 @pytest.mark.slow
@@ -122,10 +127,10 @@ def test_install_from_http_mirror_and_infer_offline(mirror, name, tmp_path):
     module_file, path_line = probe.stdout.splitlines()[-2:]
     assert Path(module_file).resolve().is_relative_to(root.resolve()), module_file
     assert str(REPO) not in path_line
-    proc = _run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
-                 "['configs/inference.json','configs/quick.json']"], cwd=root)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert list((root / "eval" / "predictions").glob("*_seg.*")), proc.stdout[-2000:]
+    run = run_bundle_workflow(["configs/inference.json", "configs/quick.json"], cwd=root, env=_isolated_env(),
+                              timeout=900, check=False)
+    assert run.returncode == 0, run.output[-4000:]
+    assert list((root / "eval" / "predictions").glob("*_seg.*")), run.output[-2000:]
 
 
 @pytest.mark.parametrize("name", BUNDLES)

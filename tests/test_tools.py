@@ -296,6 +296,44 @@ def test_missing_metadata_is_reported_by_each_rule(bundle: Path) -> None:
     assert rules == set(FAST_RULES)
 
 
+REQUIRED_META_KEYS = json.loads(cb.META_SCHEMA.read_text())["required"]
+
+
+def test_kept_meta_schema_requires_the_documented_fields() -> None:
+    documented = {"schema", "version", "monai_version", "pytorch_version", "numpy_version",
+                  "required_packages_version", "task", "description", "authors", "copyright", "network_data_format"}
+    assert set(REQUIRED_META_KEYS) == documented
+
+
+@pytest.mark.parametrize("key", REQUIRED_META_KEYS)
+def test_metadata_missing_a_required_key_fails(bundle: Path, key: str) -> None:
+    _meta(lambda m: m.pop(key))(bundle)
+    fragment = "must provide the `schema` field" if key == "schema" else f"'{key}' is a required property"
+    assert_fails(bundle, "metadata-schema", fragment)
+
+
+def test_metadata_schema_is_checked_offline(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kept schema is read, never downloaded: the metadata's URL is not fetched, whatever it names."""
+    import monai.apps.utils
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the metadata check tried to download")
+
+    monkeypatch.setattr(monai.apps.utils, "_download_with_progress", no_download)
+    _meta(lambda m: m.update(schema="https://example.invalid/releases/meta_schema_20240725.json"))(bundle)
+    assert rule_problems(bundle, "metadata-schema") == []
+    _meta(lambda m: m.update(schema="https://example.invalid/releases/meta_schema_20220324.json"))(bundle)
+    assert_fails(bundle, "metadata-schema", "is not the meta schema checked here")
+
+
+def test_a_changed_kept_schema_is_refused(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    changed = tmp_path / cb.META_SCHEMA.name
+    changed.write_text(cb.META_SCHEMA.read_text().replace('"authors",', ""))
+    monkeypatch.setattr(cb, "META_SCHEMA", changed)
+    _meta(lambda m: m.pop("authors"))(bundle)
+    assert_fails(bundle, "metadata-schema", "hash check of existing file failed")
+
+
 def test_verify_net_in_out_detects_wrong_output_channels(bundle: Path) -> None:
     edit_json(bundle / "configs/inference.json", lambda c: c.update(network_def=_network(out_channels=3)))
     assert_fails(bundle, "verify-net-in-out", "output channel number `3`", skip=("ckpt-export", "workflow-properties"))
@@ -362,13 +400,16 @@ def test_cli_prints_problems_and_exit_code(bundle: Path, capsys: pytest.CaptureF
 # ---------------------------------------------------------------------------------------------
 # package_bundles
 # ---------------------------------------------------------------------------------------------
+UNDECLARED = ("models/README.md", "models/checkpoint_epoch=3.pt", "models/text_embeddings/enc/abc.pt")
+
+
 def _add_outputs(bundle_dir: Path) -> None:
-    """Files that packaging must leave out (and one in models/ that it keeps)."""
-    outputs = ("data/img.nii.gz", "eval/metrics.csv", "logs/train.log", "runs/events", "ckpt/last.pt")
+    """Files that packaging must leave out, and two declared weights (shipped only with --weights inside/mirror)."""
+    outputs = ("data/img.nii.gz", "eval/metrics.csv", "logs/train.log", "runs/events", "ckpt/last.pt", *UNDECLARED)
     for rel in (*outputs, "models/model.pt", "models/model.ts", "configs/__pycache__/x.pyc", "docs/old.pyc"):
         (bundle_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         (bundle_dir / rel).write_bytes(b"output")
-    (bundle_dir / "models" / "README.md").write_text("weights are listed in large_files.yml\n")
+    (bundle_dir / "large_files.yml").write_text("shipped_files: [models/model.pt, models/model.ts]\nlarge_files: []\n")
 
 
 def test_packaging_is_deterministic_and_complete(bundle: Path, tmp_path: Path) -> None:
@@ -383,8 +424,9 @@ def test_packaging_is_deterministic_and_complete(bundle: Path, tmp_path: Path) -
         names = zf.namelist()
         infos = zf.infolist()
     assert names == sorted(names)
-    kept = {"configs/metadata.json", "custom_components/__init__.py", "LICENSE", "models/README.md"}
+    kept = {"configs/metadata.json", "custom_components/__init__.py", "LICENSE", "large_files.yml"}
     assert {f"{NAME}/{rel}" for rel in kept} <= set(names)
+    assert not [n for n in names if n.startswith(f"{NAME}/models/")]  # undeclared files never, weights not asked for
     outputs = tuple(f"{NAME}/{d}/" for d in ("data", "eval", "logs", "runs", "ckpt"))
     assert not [n for n in names if n.startswith(outputs)]
     assert not [n for n in names if n.endswith((".pt", ".ts", ".pyc")) or "__pycache__" in n]
@@ -402,7 +444,8 @@ def test_packaging_with_weights_and_index(bundle: Path, tmp_path: Path, capsys: 
     assert entry["version"] == "0.1.1" and entry["size"] == zip_path.stat().st_size
     assert entry["sha256"] == pb.sha256_file(zip_path)
     with zipfile.ZipFile(zip_path) as zf:
-        assert {f"{NAME}/models/model.pt", f"{NAME}/models/model.ts"} <= set(zf.namelist())
+        assert sorted(n for n in zf.namelist() if n.startswith(f"{NAME}/models/")) == [
+            f"{NAME}/models/model.pt", f"{NAME}/models/model.ts"]  # the declared files, nothing else from models/
         assert not [n for n in zf.namelist() if n.startswith(f"{NAME}/data/")]
     assert str(zip_path) in capsys.readouterr().out
 

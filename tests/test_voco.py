@@ -13,7 +13,7 @@ import torch
 from monai.networks.nets import SwinUNETR
 
 from custom_components.data.btcv import BTCV_CLASSES, convert_btcv, generate_btcv_synthetic
-from custom_components.engines.voco import VoCoIteration, split_crops
+from custom_components.engines.voco import VoCoTrainer, split_crops
 from custom_components.losses.voco import VoCoLoss
 from custom_components.networks.voco import (
     BACKBONE_PREFIXES,
@@ -176,29 +176,23 @@ def test_iteration_updates_teacher_by_ema_before_its_forward():
     before_t = {k: v.clone() for k, v in head.teacher.state_dict().items()}
     before_s = {k: v.clone() for k, v in head.student.state_dict().items()}
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=1e-3)
-
-    class Engine:
-        network, optimizer = head, opt
-
-        class state:
-            device = torch.device("cpu")
-
-    step = VoCoIteration(head, VoCoLoss("repo"), ema_momentum=0.9)
     labels = torch.tensor([[[0.5, 0.5, 0.0, 0.0]]])
-    out = step(Engine, {"image": torch.rand(1, 5, 1, 32, 32, 64), "position": labels})
+    batch = {"image": torch.rand(1, 5, 1, 32, 32, 64), "position": labels}
+    step = VoCoTrainer("cpu", 1, [batch], head, opt, VoCoLoss("repo"), ema_momentum=0.9)
+    step.run()
+    out = step.state.output
     assert set(out) == {"loss", "loss_pos", "loss_neg", "loss_reg", "accuracy"}
     key = "swinViT.patch_embed.proj.weight"
     torch.testing.assert_close(head.teacher.state_dict()[key], 0.9 * before_t[key] + 0.1 * before_s[key])
     assert not torch.equal(head.student.state_dict()[key], before_s[key])  # the student took an optimizer step
     # the CVPR form: one network, no teacher, no EMA
     single = VoCoHead(feature_size=12, hidden_dim=16, out_dim=8, with_teacher=False)
-    Engine.network, Engine.optimizer = single, torch.optim.AdamW(single.parameters(), lr=1e-3)
-    cvpr = VoCoIteration(single, VoCoLoss("cvpr"))
-    assert cvpr.ema is None and cvpr.state_dict() == {}
-    out = cvpr(Engine, {"image": torch.rand(1, 5, 1, 32, 32, 64), "position": labels})
-    assert out["loss_neg"] == 0 and math.isfinite(out["loss"])
+    cvpr = VoCoTrainer("cpu", 1, [batch], single, torch.optim.AdamW(single.parameters(), lr=1e-3), VoCoLoss("cvpr"))
+    assert cvpr.ema is None and cvpr.ema_state.state_dict() == {}
+    cvpr.run()
+    assert cvpr.state.output["loss_neg"] == 0 and math.isfinite(cvpr.state.output["loss"])
     with pytest.raises(ValueError, match="needs a VoCoHead with a teacher"):
-        VoCoIteration(single, VoCoLoss("repo"))
+        VoCoTrainer("cpu", 1, [batch], single, cvpr.optimizer, VoCoLoss("repo"))
     xs, bs = split_crops(torch.arange(10.0).reshape(10, 1), 2, 1)
     assert xs.flatten().tolist() == [0, 5] and bs.shape == (2, 4, 1)
 

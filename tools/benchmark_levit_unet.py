@@ -4,7 +4,8 @@ Measures, for a ``1 x img_size x img_size`` input and 9 classes:
 
 - parameters and MACs (conv, linear and matmul MACs, counted by ``torch.utils.flop_counter.FlopCounterMode`` as
   FLOPs / 2), next to the official-model numbers of the LeViT-UNet spec at 224;
-- eval-mode ``no_grad`` forward latency at batch 1 (median over ``repeats`` runs after ``warmup`` runs) of every model;
+- eval-mode ``no_grad`` forward latency at batch 1 (median over ``repeats`` runs after ``warmup`` runs, timed with
+  ``torch.utils.benchmark.Timer``) of every model;
 - the time of one training step (forward, cross-entropy loss, backward, SGD step) at batch 2 for LeViT-UNet-128s and
   the two BasicUNets.
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import fire
 import torch
 from monai.networks.nets import BasicUNet
 from torch import nn
+from torch.utils.benchmark import Timer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -61,26 +62,20 @@ def build_models(img_size: int) -> dict[str, Callable[[], nn.Module]]:
     }
 
 
-def median_ms(step: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
-    """Median wall time of ``step`` in milliseconds, after ``warmup`` untimed calls."""
+def median_ms(step: Callable[[], object], repeats: int, warmup: int) -> float:
+    """Median wall time of ``step`` in milliseconds over ``repeats`` runs, measured with ``torch.utils.benchmark.Timer``
+    at the current number of threads (it synchronizes CUDA around each measurement, and runs ``step`` twice untimed
+    before each), after ``warmup`` further untimed calls."""
+    timer = Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
     for _ in range(warmup):
         step()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * statistics.median(timer.timeit(number=1).median for _ in range(repeats))
 
 
 def forward_latency_ms(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> float:
     model.eval()
     with torch.no_grad():
-        return median_ms(lambda: model(x), repeats, warmup, x.device)
+        return median_ms(lambda: model(x), repeats, warmup)
 
 
 def train_step_ms(model: nn.Module, img_size: int, repeats: int, warmup: int, device: torch.device) -> float:
@@ -96,7 +91,7 @@ def train_step_ms(model: nn.Module, img_size: int, repeats: int, warmup: int, de
         loss_fn(model(x), y).backward()
         optimizer.step()
 
-    return median_ms(step, repeats, warmup, device)
+    return median_ms(step, repeats, warmup)
 
 
 def pct(value: float, reference: float | None) -> float | None:

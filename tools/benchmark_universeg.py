@@ -26,11 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.benchmark import Timer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from custom_components.data.fewshot import EpisodicDataset, synthetic_tasks  # noqa: E402
+from custom_components.data.synthetic.io import save_torch_atomically  # noqa: E402
 from custom_components.engines.fewshot import predict_episode  # noqa: E402
 from custom_components.networks.universeg import UniverSeg  # noqa: E402
 from custom_components.utils import markdown_table, record_markdown, run_record  # noqa: E402
@@ -91,7 +93,7 @@ def train(minutes: float = 25.0, img_size: int = 48, width: int = 24, batch_size
         if step % 50 == 0:
             print(f"step {step} ({time.time() - start:.0f} s): loss {np.mean(log[-50:]):.3f}", flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), OUT / f"{name}.pt")
+    save_torch_atomically(net.state_dict(), OUT / f"{name}.pt")
     meta = {"record": run_record(), "steps": step, "seconds": round(time.time() - start), "img_size": img_size,
             "width": width, "batch_size": batch_size, "train_support": list(train_support), "num_tasks": num_tasks,
             "lr": lr, "augment": augment, "loss_per_50_steps": [round(float(np.mean(log[i:i + 50])), 4)
@@ -100,10 +102,12 @@ def train(minutes: float = 25.0, img_size: int = 48, width: int = 24, batch_size
     return str(OUT / f"{name}.pt")
 
 
-def _dice(pred: torch.Tensor, label: torch.Tensor) -> float:
-    p, g = pred.bool(), label.bool()
-    denom = int(p.sum() + g.sum())
-    return 1.0 if denom == 0 else 2.0 * int((p & g).sum()) / denom
+def _mean_dice(pred: torch.Tensor, label: torch.Tensor) -> float:
+    """Mean over queries of the Dice of binary masks ``(Q, 1, H, W)`` (``monai.metrics.compute_dice``; 1 when both
+    the prediction and the label of a query are empty)."""
+    from monai.metrics import compute_dice
+
+    return float(compute_dice(pred.float(), label.float(), include_background=True, ignore_empty=False).mean())
 
 
 def _unet_from_scratch(images: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor, steps: int, seed: int):
@@ -156,25 +160,25 @@ def evaluate(model: str = "", img_size: int = 48, width: int = 24, num_tasks: in
             for s in SUPPORT_SIZES:
                 for k, label in ((1, "UniverSeg (K=1)"), (ensemble, f"UniverSeg ensemble (K={ensemble})")):
                     p = predict_episode(net, q, pool_i, pool_l, s, k, gen)
-                    add(label, s, float(np.mean([_dice(p[i] > 0.5, ql[i]) for i in range(len(q))])))
+                    add(label, s, _mean_dice(p > 0.5, ql))
                 idx = torch.randperm(len(pool_i), generator=gen)[:s]
                 prior = pool_l[idx].mean(0, keepdim=True).expand_as(ql)
                 add("support-label prior (mean map > 0.5)", s,
-                    float(np.mean([_dice(prior[i] > 0.5, ql[i]) for i in range(len(q))])))
+                    _mean_dice(prior > 0.5, ql))
                 # another task's support: the prediction must follow the support, not the image
                 other = data[(ti + 1) % len(data)]
                 p_other = predict_episode(net, q, other[3], other[4], s, 1, gen)
                 add("UniverSeg, support of another task (K=1)", s,
-                    float(np.mean([_dice(p_other[i] > 0.5, ql[i]) for i in range(len(q))])))
-            add("all foreground", 0, float(np.mean([_dice(torch.ones_like(ql[i]), ql[i]) for i in range(len(q))])))
-            add("empty", 0, float(np.mean([_dice(torch.zeros_like(ql[i]), ql[i]) for i in range(len(q))])))
+                    _mean_dice(p_other > 0.5, ql))
+            add("all foreground", 0, _mean_dice(torch.ones_like(ql), ql))
+            add("empty", 0, _mean_dice(torch.zeros_like(ql), ql))
             print(f"task {ti}: {name} done", flush=True)
     with torch.enable_grad():
         for ti, (name, q, ql, pool_i, pool_l) in enumerate(data[:unet_tasks]):
             for s in SUPPORT_SIZES:
                 p = _unet_from_scratch(pool_i[:s], pool_l[:s], q, unet_steps, seed + ti)
                 add(f"U-Net from scratch on the S pairs ({unet_steps} steps)", s,
-                    float(np.mean([_dice(p[i] > 0.5, ql[i]) for i in range(len(q))])))
+                    _mean_dice(p > 0.5, ql))
             print(f"unet task {ti} done", flush=True)
     # UniverSeg on the same subset of tasks as the U-Net, for a like-for-like comparison
     summary = {m: {str(s): float(np.mean(v)) for s, v in d.items()} for m, d in rows.items()}
@@ -235,6 +239,12 @@ def _macs(net: torch.nn.Module, *inputs) -> float:
     return total[0] / 1e9
 
 
+def _timer(fn, *args) -> Timer:
+    """A ``torch.utils.benchmark.Timer`` of ``fn(*args)`` at the current number of threads (each ``timeit`` runs it
+    twice untimed first)."""
+    return Timer(stmt="fn(*args)", globals={"fn": fn, "args": args}, num_threads=torch.get_num_threads())
+
+
 def cost(repeats: int = 2) -> None:
     """GMAC (official widths, 128 px, B=1), CPU forward time, and training step time and activation memory
     (bytes saved for backward, quick widths at 64 px, B=4) against S."""
@@ -246,11 +256,7 @@ def cost(repeats: int = 2) -> None:
         q, si, sl = torch.rand(1, 1, 128, 128), torch.rand(1, s, 1, 128, 128), torch.rand(1, s, 1, 128, 128).round()
         gmac = _macs(official, q, si, sl)
         with torch.no_grad():
-            official(q, si, sl)
-            t0 = time.perf_counter()
-            for _ in range(repeats):
-                official(q, si, sl)
-            fwd = (time.perf_counter() - t0) / repeats
+            fwd = _timer(official, q, si, sl).timeit(number=repeats).mean
         q, si, sl = torch.rand(4, 1, 64, 64), torch.rand(4, s, 1, 64, 64), torch.rand(4, s, 1, 64, 64).round()
         saved = [0]
 
@@ -258,11 +264,14 @@ def cost(repeats: int = 2) -> None:
             saved[0] += t.numel() * t.element_size()
             return t
 
-        t0 = time.perf_counter()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = quick(q, si, sl).mean()
-        loss.backward()
-        step = time.perf_counter() - t0
+        def train_step() -> None:
+            saved[0] = 0
+            quick.zero_grad()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = quick(q, si, sl).mean()
+            loss.backward()
+
+        step = _timer(train_step).timeit(number=1).mean
         quick.zero_grad()
         row = {"S": s, "gmac_official_128": round(gmac, 2), "forward_s_official_128_cpu": round(fwd, 3),
                "train_step_s_quick_64_b4": round(step, 3), "activation_mib_quick_64_b4": round(saved[0] / 2**20, 1)}

@@ -1,7 +1,7 @@
 """Evidence for the VoCo bundle on synthetic abdomen CT, CPU-sized.
 
 1. **Pre-training** (the bundle's ``pretrain.json`` + ``quick.json`` objects: preprocessing, VoCoHead, VoCoLoss in the
-   official-code form with the EMA teacher, AdamW-amsgrad, warmup-cosine, ``VoCoIteration`` in a MONAI
+   official-code form with the EMA teacher, AdamW-amsgrad, warmup-cosine, ``VoCoTrainer``, a MONAI
    ``SupervisedTrainer``) on the unlabeled pool, with a ``--grid`` x ``--grid`` base grid: loss terms per iteration and
    position-prediction accuracy (arg-max logit == arg-max label; chance 1/grid²) on held-out volumes (never used in
    pre-training) every ``--eval_every`` iterations.
@@ -32,6 +32,7 @@ from pathlib import Path
 import fire
 import numpy as np
 import torch
+from torch.utils.benchmark import Timer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -87,7 +88,7 @@ def _pretrain(root: Path, items: list, heldout: list, args: dict, log) -> tuple[
         log(f"pretrain it {it}: held-out position accuracy {res['accuracy']:.3f} (chance {1 / args['grid'] ** 2:.3f})")
 
     def record(engine):
-        out = engine.state.output
+        out = {k: float(v) for k, v in engine.state.output.items()}  # detached scalar tensors
         curve.append({"iteration": engine.state.iteration, "time_s": time.perf_counter() - start, **out})
         log(f"pretrain it {engine.state.iteration}: " + " ".join(f"{k} {v:.4f}" for k, v in out.items()))
 
@@ -173,7 +174,8 @@ def _finetune(root: Path, train_items: list, test_items: list, backbone: str | N
 
 
 def _inference_time(volume: str, feature_size: int, roi, overlap: float, spacing, max_windows: int | None) -> dict:
-    """Time the sliding window of one volume (preprocessing excluded); extrapolate when windows are capped."""
+    """Time the sliding window of one volume (preprocessing excluded; ``torch.utils.benchmark.Timer``, after its two
+    untimed runs); extrapolate from ``max_windows`` single windows when there are more."""
     from monai.inferers import SlidingWindowInferer
     from monai.networks.nets import SwinUNETR
 
@@ -185,18 +187,16 @@ def _inference_time(volume: str, feature_size: int, roi, overlap: float, spacing
     for size, r in zip(shape, roi):  # MONAI's scan: stride int(roi * (1 - overlap)), last window flush with the end
         windows *= 1 if size == r else math.ceil((size - r) / max(int(r * (1 - overlap)), 1)) + 1
     net = SwinUNETR(in_channels=1, out_channels=14, feature_size=feature_size, use_v2=True).eval()
-    with torch.no_grad():
+    threads = torch.get_num_threads()
+    with torch.no_grad():  # Timer runs the statement in this thread, so no_grad applies
         if max_windows is None or windows <= max_windows:
             inferer = SlidingWindowInferer(roi_size=roi, sw_batch_size=1, overlap=overlap)
-            start = time.perf_counter()
-            inferer(image, net)
-            seconds, measured = time.perf_counter() - start, windows
+            timer = Timer("inferer(image, net)", globals={"inferer": inferer, "image": image, "net": net},
+                          num_threads=threads)
+            seconds, measured = timer.timeit(number=1).mean, windows
         else:
-            x = torch.rand(1, 1, *roi)
-            start = time.perf_counter()
-            for _ in range(max_windows):
-                net(x)
-            seconds, measured = (time.perf_counter() - start) / max_windows * windows, max_windows
+            timer = Timer("net(x)", globals={"net": net, "x": torch.rand(1, 1, *roi)}, num_threads=threads)
+            seconds, measured = timer.timeit(number=max_windows).mean * windows, max_windows
     return {"feature_size": feature_size, "roi": list(roi), "overlap": overlap, "spacing": list(spacing),
             "image_shape": list(image.shape[2:]), "windows": windows, "windows_measured": measured,
             "seconds": seconds, "extrapolated": measured < windows}

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -63,76 +65,11 @@ SKIP_ALIASES = {
 }
 
 
-# --------------------------------------------------------------------------------------------
-# metadata schema (the rules of the MONAI meta schema of 2024-07-25, written out here so that
-# checking needs no download)
-# --------------------------------------------------------------------------------------------
-def _typed(kind: str) -> dict:
-    return {"type": kind}
-
-
-_STRING_FIELDS = (
-    "schema",
-    "version",
-    "monai_version",
-    "pytorch_version",
-    "numpy_version",
-    "task",
-    "description",
-    "authors",
-    "copyright",
-    "data_source",
-    "data_type",
-    "intended_use",
-)
-_OBJECT_FIELDS = ("changelog", "required_packages_version", "eval_metrics", "supported_apps")
-
-TENSOR_SCHEMA: dict = {
-    "type": "object",
-    "required": ["type", "format", "num_channels", "spatial_shape", "dtype", "value_range"],
-    "properties": {
-        "type": _typed("string"),
-        "format": _typed("string"),
-        "num_channels": _typed("integer"),
-        "spatial_shape": {"type": "array", "items": {"type": ["string", "integer"]}},
-        "dtype": _typed("string"),
-        "value_range": {"type": "array", "items": _typed("number")},
-        "is_patch_data": _typed("boolean"),
-        "channel_def": _typed("object"),
-    },
-}
-IO_ENTRY_SCHEMA: dict = {"anyOf": [{"type": ["number", "string", "boolean"]}, TENSOR_SCHEMA]}
-NETWORK_IO_SCHEMA: dict = {
-    "type": "object",
-    "required": ["inputs", "outputs"],
-    "properties": {
-        side: {"type": "object", "additionalProperties": IO_ENTRY_SCHEMA} for side in ("inputs", "outputs")
-    },
-}
-METADATA_SCHEMA: dict = {
-    "$schema": "http://json-schema.org/draft-07/schema#",
-    "type": "object",
-    "required": [
-        "schema",
-        "version",
-        "monai_version",
-        "pytorch_version",
-        "numpy_version",
-        "required_packages_version",
-        "task",
-        "description",
-        "authors",
-        "copyright",
-        "network_data_format",
-    ],
-    "properties": {
-        **{name: _typed("string") for name in _STRING_FIELDS},
-        **{name: _typed("object") for name in _OBJECT_FIELDS},
-        "references": {"type": "array", "items": _typed("string")},
-        "network_data_format": NETWORK_IO_SCHEMA,
-    },
-    "patternProperties": {"^.+_data_format$": NETWORK_IO_SCHEMA},
-}
+# the MONAI meta schema (2024-07-25) kept in the repository: given to monai.bundle.verify_metadata as the
+# schema file, which it then reads instead of downloading the metadata's `schema` URL
+META_SCHEMA = REPO_ROOT / "tools" / "schema" / "meta_schema_20240725.json"
+# its hash: the file stands for one published schema version and must not drift (update both together)
+META_SCHEMA_SHA256 = "3df854b12e5ed83ef6c2906c174f13bf42f463c44461ba5f2cf8315cbeccce31"
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,6 +186,20 @@ def describe_exception(e: BaseException, limit: int = 400) -> str:
     return one_line(e) if root is e else f"{one_line(e)} (caused by {one_line(root)})"
 
 
+@contextlib.contextmanager
+def quiet_loggers(*names: str, level: int = logging.WARNING) -> Iterator[None]:
+    """Raise the level of the named loggers to ``level`` for the duration of the block."""
+    loggers = [logging.getLogger(name) for name in names]
+    before = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(level, lg.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for lg, old in zip(loggers, before):
+            lg.setLevel(old)
+
+
 def run_monai_bundle(args: Sequence[str]) -> subprocess.CompletedProcess:
     """Run ``python -m monai.bundle <args>`` from the repository root."""
     return subprocess.run(
@@ -339,12 +290,31 @@ def rule_files(ctx: BundleContext) -> list[str]:
 
 
 def rule_metadata_schema(ctx: BundleContext) -> list[str]:
-    """``metadata.json`` against the rules of the MONAI meta schema (2024-07-25)."""
-    import jsonschema
+    """``metadata.json`` against the MONAI meta schema (2024-07-25) with ``monai.bundle.verify_metadata``.
 
-    validator = jsonschema.Draft7Validator(METADATA_SCHEMA)
-    errors = sorted(validator.iter_errors(ctx.metadata), key=lambda e: list(map(str, e.absolute_path)))
-    return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
+    The schema file is the one kept in ``tools/schema/``; it must exist, as ``verify_metadata`` downloads the
+    metadata's ``schema`` URL to a missing file. ``verify_metadata`` stops at the first (best matching) error.
+    """
+    import jsonschema
+    from monai.bundle import verify_metadata
+
+    schema_url = ctx.metadata.get("schema")  # also makes a missing or unreadable metadata.json this rule's problem
+    if not META_SCHEMA.is_file():
+        raise FileNotFoundError(f"the kept meta schema {META_SCHEMA} is missing (checking never downloads it)")
+    problems = []
+    if isinstance(schema_url, str) and schema_url.rsplit("/", 1)[-1] != META_SCHEMA.name:
+        problems.append(f"schema: {schema_url!r} is not the meta schema checked here ({META_SCHEMA.name})")
+    try:
+        with quiet_loggers("monai.bundle.scripts", "monai.apps"):  # its argument summary and "verified" lines
+            verify_metadata(meta_file=str(ctx.config("metadata.json")), filepath=str(META_SCHEMA), create_dir=False,
+                            hash_val=META_SCHEMA_SHA256, hash_type="sha256")
+    except ValueError as e:
+        error = e.__cause__
+        if isinstance(error, jsonschema.ValidationError):
+            problems.append(f"{'.'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}")
+        else:  # e.g. no `schema` field at all
+            problems.append(str(e))
+    return problems
 
 
 def rule_changelog(ctx: BundleContext) -> list[str]:

@@ -20,18 +20,18 @@ Usage::
 from __future__ import annotations
 
 import json
-import os
+import shlex
 import shutil
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from custom_components.utils import markdown_table, record_markdown, run_record  # noqa: E402
+from custom_components.utils import (  # noqa: E402
+    bundle_env, markdown_table, record_markdown, run_bundle_workflow, run_record,
+)
 
 
 @dataclass(frozen=True)
@@ -78,26 +78,20 @@ def bundle_names(bundles: str | list[str] | tuple[str, ...] | None) -> list[str]
 
 
 def run_step(bundle: str, step: Step, workdir: Path) -> dict:
-    """Run one workflow in a subprocess, logging to ``workdir/logs/<step>.log``; return its status and time."""
-    configs = [str(REPO / "bundles" / bundle / "configs" / c) for c in step.configs]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr(configs), "--bundle_root", str(workdir)]
-    for key, value in step.overrides:
-        cmd += [f"--{key}", value]
+    """Run one workflow in a subprocess (:func:`custom_components.utils.run_bundle_workflow`), logging the command and
+    its output to ``workdir/logs/<step>.log``; return its status and time."""
+    configs = [REPO / "bundles" / bundle / "configs" / c for c in step.configs]
     log = workdir / "logs" / f"{step.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     print(f"[{bundle}] {step.name}: running (log: {log.relative_to(REPO) if log.is_relative_to(REPO) else log})", flush=True)
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        f.write(" ".join(cmd) + "\n\n")
-        f.flush()
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    seconds = time.perf_counter() - start
-    ok = proc.returncode == 0
-    print(f"[{bundle}] {step.name}: {'done' if ok else 'FAILED'} in {seconds:.0f} s", flush=True)
+    run = run_bundle_workflow(configs, {"bundle_root": workdir, **dict(step.overrides)}, log=log, check=False,
+                              env={**bundle_env(), "PYTHONUNBUFFERED": "1"})
+    ok = run.returncode == 0
+    print(f"[{bundle}] {step.name}: {'done' if ok else 'FAILED'} in {run.seconds:.0f} s", flush=True)
     if not ok:
         print("".join(log.read_text().splitlines(keepends=True)[-25:]), flush=True)
-    return {"step": step.name, "ok": ok, "seconds": round(seconds, 1), "log": str(log), "command": " ".join(cmd)}
+    return {"step": step.name, "ok": ok, "seconds": round(run.seconds, 1), "log": str(log),
+            "command": shlex.join(run.args)}
 
 
 def summarise(bundle: str, workdir: Path, steps: list[dict]) -> dict:

@@ -22,9 +22,12 @@ Usage::
 
 ``run`` overrides ``input`` (the retrieved series folder) and ``output_dir``; other ``--key value`` pairs
 go to the bundle as config overrides (for example ``--text "..."`` for a bundle that reads a report sentence,
-``--support_dir`` for a few-shot one). Nothing is stored unless every step succeeded; the retrieved series
+``--support_dir`` for a few-shot one). Such a value is a value, never code: one starting with ``$``, ``@`` or ``%``
+(which MONAI's config parser would evaluate) is refused; a sentence that must start with one of them is given in a
+file (``--text_file report.txt``). Nothing is stored unless every step succeeded; the retrieved series
 and the SEG are written to temporary names and renamed when complete. Errors (server unreachable, study not
-found, no image series, inference failure) end with exit status 1 and one line naming the cause.
+found, no image series, an invalid UID, a retrieve that returns other instances than the series has, inference
+failure) end with exit status 1 and one line naming the cause.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +61,22 @@ def _value(item: dict, tag: str, default=None):
     """First value of a DICOM JSON attribute (QIDO result) ``tag`` (8 hex digits)."""
     values = item.get(tag, {}).get("Value")
     return values[0] if values else default
+
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def check_uid(what: str, uid) -> str:
+    """``uid`` as a string when it is a valid DICOM UID (digits and dots, no leading zeros, at most 64 characters).
+
+    Raises:
+        PacsError: it is not.
+    """
+    text = str(uid).strip()
+    if not _UID.match(text) or len(text) > 64:
+        raise PacsError(f"--{what} {uid!r}: not a valid DICOM UID (digits and dots, no leading zeros, at most 64 "
+                        "characters)")
+    return text
 
 
 def _series_record(uid, modality, count) -> dict:
@@ -242,6 +260,7 @@ def connect(server: str, calling_aet: str = "MONAIBUNDLE", timeout: float = 30.0
 
 def find_study(server, study: str) -> dict:
     """The study record of ``study`` (StudyInstanceUID). Raises PacsError when there is none."""
+    study = check_uid("study", study)
     found = server.studies(study=study)
     if not found:
         raise PacsError(f"study not found on the server: StudyInstanceUID {study}")
@@ -252,6 +271,7 @@ def choose_series(server, study: str, series: str | None = None) -> dict:
     """The image series to segment: ``series`` when given, else the image series with the most instances."""
     records = server.series(study)
     if series is not None:
+        series = check_uid("series", series)
         records = [r for r in records if r["SeriesInstanceUID"] == series]
         if not records:
             raise PacsError(f"series {series} not found in study {study}")
@@ -269,6 +289,9 @@ def choose_series(server, study: str, series: str | None = None) -> dict:
 def retrieve(server: str, study: str, output_dir: str, series: str | None = None, aet: str = "MONAIBUNDLE") -> str:
     """Retrieve one image series of ``study`` into ``output_dir`` (new or empty folder, one file per instance; it
     appears complete or not at all). Returns the folder."""
+    study = check_uid("study", study)
+    if series is not None:
+        series = check_uid("series", series)
     remote = connect(server, aet)
     find_study(remote, study)
     record = choose_series(remote, study, series)
@@ -282,14 +305,27 @@ def _retrieve_series(remote, study: str, record: dict, out: Path) -> str:
         raise PacsError(f"{out} exists and is not an empty folder")
     from custom_components.data.synthetic.io import build_dataset_atomically
 
-    n = 0
+    n, expected, seen = 0, record["NumberOfSeriesRelatedInstances"], set()
     with build_dataset_atomically(out) as tmp:  # the folder appears complete or not at all
         for n, ds in enumerate(remote.iter_instances(study, series_uid), start=1):
+            # a server may answer with more than was asked for (other series, duplicates): never segment a mixture
+            got = str(ds.get("SeriesInstanceUID", ""))
+            if got != series_uid:
+                raise PacsError(f"the retrieve of series {series_uid} returned an instance of another series ({got})")
+            sop = str(ds.get("SOPInstanceUID", ""))
+            if sop in seen:
+                raise PacsError(f"the retrieve of series {series_uid} returned instance {sop} twice")
+            seen.add(sop)
+            if expected and n > expected:
+                raise PacsError(f"the retrieve of series {series_uid} returned more instances than the series has "
+                                f"({n} so far, the query said {expected})")
             ds.save_as(tmp / f"{n:05d}.dcm", enforce_file_format=True)
             if n % 50 == 0:
                 _log(f"  {n}/{count} instances")
         if n == 0:
             raise PacsError(f"series {series_uid} returned no instances")
+        if expected and n != expected:
+            raise PacsError(f"the retrieve of series {series_uid} returned {n} instances, the query said {expected}")
     _log(f"retrieved {n} instances into {out}")
     return str(out)
 
@@ -336,11 +372,21 @@ def write_series(image: str, output_dir: str, modality: str = "CT", patient_id: 
     return str(output_dir)
 
 
-def _override_args(overrides: dict) -> list[str]:
-    args = []
+def check_overrides(overrides: dict) -> dict:
+    """The ``--key value`` config overrides given to ``run``, checked to be values, never code.
+
+    Raises:
+        PacsError: a value (or an item of a list or mapping) starts with ``$``, ``@`` or ``%``
+            (:func:`custom_components.utils.refuse_expression`).
+    """
+    from custom_components.utils import refuse_expression
+
     for key, value in overrides.items():
-        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    return args
+        try:
+            refuse_expression(key, value)
+        except ValueError as e:
+            raise PacsError(str(e)) from e
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in overrides.items()}
 
 
 def inference_configs(bundle_dir: Path, config_file=None) -> list[Path]:
@@ -368,21 +414,22 @@ def config_class_names(configs: list[Path]):
 def infer_series(bundle: str, series_dir: str, output_dir: str, config_file=None, ckpt_path: str | None = None,
                  **overrides) -> str:
     """Run the bundle's inference on one series folder (``python -m monai.bundle run``); the prediction file."""
+    from custom_components.utils import bundle_env, run_bundle_workflow
+
     bundle_dir = Path(bundle).resolve()
     configs = inference_configs(bundle_dir, config_file)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr([str(c) for c in configs]),
-           "--input", str(series_dir), "--output_dir", str(output_dir)]
+    values = check_overrides(overrides)
+    values.update(input=str(series_dir), output_dir=str(output_dir))  # the tool's own, whatever the overrides say
     if ckpt_path is not None:
-        cmd += ["--ckpt_path", str(Path(ckpt_path).resolve())]
-    cmd += _override_args(overrides)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(bundle_dir), str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        values["ckpt_path"] = str(Path(ckpt_path).resolve())
+    # the bundle folder first: an unpacked bundle zip brings its own custom_components
+    env = bundle_env(extra_path=os.pathsep.join([str(bundle_dir), str(REPO_ROOT)]))
     _log(f"running {bundle_dir.name} inference on {series_dir}")
-    proc = subprocess.run(cmd, cwd=bundle_dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+    proc = run_bundle_workflow(configs, values, cwd=bundle_dir, env=env, check=False)
     if proc.returncode != 0:
-        lines = proc.stdout.splitlines()
+        lines = proc.output.splitlines()
         errors = list(dict.fromkeys(x for x in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b", x)))
+        errors = [x for x in errors if x.startswith("InputDataError:")] or errors  # bad input: its one line
         tail = "\n".join(lines[-10:])
         raise PacsError(f"{bundle_dir.name} inference failed (exit {proc.returncode}): "
                         f"{' | '.join(errors[:3]) or 'see its output'}\nits last output:\n{tail}")
@@ -409,7 +456,8 @@ def run(server: str, study: str, bundle: str, series: str | None = None, config_
         workdir: keep the series, prediction and SEG here (default: a temporary folder, removed at the end).
         store: store the SEG on the server (STOW-RS or C-STORE); ``False`` only writes it.
         aet: this tool's AE title (DIMSE only).
-        overrides: more ``--key value`` config overrides for the bundle.
+        overrides: more ``--key value`` config overrides for the bundle: values only (one starting with ``$``, ``@``
+            or ``%`` is refused; give such a sentence with ``--text_file``).
 
     Returns:
         ``{"seg_file", "series_instance_uid", "sop_instance_uid", "stored"}`` of the SEG (``seg_file`` only
@@ -419,6 +467,10 @@ def run(server: str, study: str, bundle: str, series: str | None = None, config_
 
     from custom_components.dicom.seg import label_names_from_metadata, write_dicom_seg
 
+    study = check_uid("study", study)  # before anything is retrieved or written
+    if series is not None:
+        series = check_uid("series", series)
+    check_overrides(overrides)
     bundle_dir = Path(bundle).resolve()
     metadata_file = bundle_dir / "configs" / "metadata.json"
     if not metadata_file.is_file():

@@ -1,7 +1,7 @@
 """Data components: datalists, input validation, dataset converters and synthetic data generators.
 
 - :mod:`.datalist`: the datalist convention (:func:`ensure_dataset`, :func:`load_items`, :func:`inference_items`);
-- :mod:`.validation`: checks of user input that run before a workflow writes anything;
+- :mod:`.validation`: checks of user input (up front, and of each loaded image), DICOM series selection;
 - :mod:`.synthetic`: the shared synthetic-shape toolkit (primitives, noise, anatomy-like phantoms, writers);
 - :mod:`.synapse`: Synapse multi-organ CT (converter of the published layout, synthetic Synapse-like data);
 - :mod:`.acdc`: ACDC cardiac MRI and left-atrium MRI (converters of the published h5 layouts, synthetic data);
@@ -16,7 +16,7 @@ from .acdc import (
     generate_acdc_synthetic,
     generate_la_synthetic,
     labeled_items,
-    split_labeled,
+    split_first_patients,
     unlabeled_items,
 )
 from .fewshot import (
@@ -35,7 +35,16 @@ from .fewshot import (
 from .datalist import DATALIST_NAME, ensure_dataset, inference_items, load_items
 from .synapse import SYNAPSE_CLASSES, convert_synapse, generate_synapse_synthetic
 from .qata import convert_qata, generate_qata_synthetic
-from .validation import InputDataError, check_datalist, image_shape, require_file
+from .validation import (
+    InputDataError,
+    check_datalist,
+    dicom_series,
+    image_problems,
+    image_shape,
+    report_input_errors,
+    require_file,
+    select_series,
+)
 
 __all__ = [
     "synthetic",
@@ -52,13 +61,17 @@ __all__ = [
     "check_datalist",
     "image_shape",
     "require_file",
+    "image_problems",
+    "dicom_series",
+    "select_series",
+    "report_input_errors",
     "LA_CLASSES",
     "convert_acdc_h5",
     "convert_la_h5",
     "generate_acdc_synthetic",
     "generate_la_synthetic",
     "labeled_items",
-    "split_labeled",
+    "split_first_patients",
     "unlabeled_items",
     "HELDOUT_KINDS",
     "TRAIN_KINDS",

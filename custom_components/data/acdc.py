@@ -13,8 +13,10 @@ Published layouts (spec of the BCP bundle):
   and ``test.list``; labeled = the first ``num_labeled`` of ``train.list`` (4 or 8). The official code selects models
   on the test set; :func:`convert_la_h5` carves a ``validation`` split out of the *unlabeled* training cases instead.
 
-Datalist items carry a ``patient`` key; :func:`split_labeled` re-draws the labeled/unlabeled split by patient order
-(so one generated dataset serves every labeled fraction).
+Datalist items carry a ``patient`` key; :func:`split_first_patients` re-draws the labeled/unlabeled split by patient
+order (so one generated dataset serves every labeled fraction). :func:`slice_items` turns the volumes of a split into
+one item per 2D slice, so that the 2D training streams draw independent slices (the official ACDC code samples its
+batches from the slice list ``train_slices.list``) while the split stays by patient.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ __all__ = [
     "generate_la_synthetic",
     "convert_acdc_h5",
     "convert_la_h5",
-    "split_labeled",
+    "split_first_patients",
     "labeled_items",
     "unlabeled_items",
+    "slice_items",
 ]
 
 logger = logging.getLogger(__name__)
@@ -205,7 +208,9 @@ def convert_la_h5(
     return str(Path(dataset_dir) / DATALIST_NAME)
 
 
-def split_labeled(datalist: str | os.PathLike, num_labeled: int | None = None) -> tuple[list[dict], list[dict]]:
+def split_first_patients(
+    datalist: str | os.PathLike, num_labeled: int | None = None
+) -> tuple[list[dict], list[dict]]:
     """``(labeled, unlabeled)`` items of a datalist. ``num_labeled=None`` keeps the datalist's own split; a number
     takes the first ``num_labeled`` *patients* of ``training + unlabeled`` (list order) as labeled, the rest as
     unlabeled (their labels are dropped)."""
@@ -217,6 +222,7 @@ def split_labeled(datalist: str | os.PathLike, num_labeled: int | None = None) -
     if num_labeled is None or num_labeled < 0:
         return labeled, [{k: v for k, v in it.items() if k != "label"} for it in unlabeled]
     pool = labeled + unlabeled
+    # not monai.data.partition_dataset: it splits items by ratio, while this splits by the first N patients
     patients: list[str] = []
     for it in pool:
         p = it.get("patient", it["image"])
@@ -231,11 +237,41 @@ def split_labeled(datalist: str | os.PathLike, num_labeled: int | None = None) -
 
 
 def labeled_items(datalist: str | os.PathLike, num_labeled: int | None = None, repeats: int = 1) -> list[dict]:
-    """The labeled items of :func:`split_labeled`, repeated ``repeats`` times (so a short epoch still draws
+    """The labeled items of :func:`split_first_patients`, repeated ``repeats`` times (so a short epoch still draws
     batches when there are very few labeled volumes)."""
-    return split_labeled(datalist, num_labeled)[0] * max(int(repeats), 1)
+    return split_first_patients(datalist, num_labeled)[0] * max(int(repeats), 1)
 
 
 def unlabeled_items(datalist: str | os.PathLike, num_labeled: int | None = None, repeats: int = 1) -> list[dict]:
-    """The unlabeled items of :func:`split_labeled` (labels dropped), repeated ``repeats`` times."""
-    return split_labeled(datalist, num_labeled)[1] * max(int(repeats), 1)
+    """The unlabeled items of :func:`split_first_patients` (labels dropped), repeated ``repeats`` times."""
+    return split_first_patients(datalist, num_labeled)[1] * max(int(repeats), 1)
+
+
+def _num_slices(path: str, axis: int) -> int:
+    """Number of slices of the image file ``path`` along spatial ``axis`` (the NIfTI header only, when possible)."""
+    try:
+        import nibabel as nib
+
+        shape = nib.load(path).shape
+    except Exception:  # noqa: BLE001 - another format: read it with MONAI
+        from monai.transforms import LoadImage
+
+        shape = tuple(LoadImage(image_only=True, ensure_channel_first=False)(path).shape)
+    if len(shape) < 3:
+        raise ValueError(f"{path}: a volume is needed to take slices, got shape {shape}")
+    return int(shape[:3][axis])
+
+
+def slice_items(items: list[dict], axis: int = -1, slice_key: str = "slice") -> list[dict]:
+    """One item per slice of each volume of ``items``: a copy of the volume's item with ``slice_key`` set to the slice
+    index along spatial ``axis`` (``-1``: the last of the three spatial axes, the short axis of ``[H, W, D]``
+    stacks). :class:`custom_components.transforms.bcp.SelectSliced` then keeps that slice after loading.
+
+    A loader shuffling these items draws every batch from the slices of all the volumes, each slice independently
+    (the official ACDC batches: 12 slices of the slice list), instead of several slices of a few volumes.
+    """
+    out = []
+    for item in items:
+        for z in range(_num_slices(str(item["image"]), axis)):
+            out.append({**item, slice_key: z})
+    return out

@@ -89,10 +89,10 @@ def _is_dicom_file(f: Path) -> bool:
         return False
     if f.suffix.lower() == ".dcm":
         return True
+    from pydicom.misc import is_dicom
+
     try:
-        with open(f, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
+        return is_dicom(f)
     except OSError:
         return False
 

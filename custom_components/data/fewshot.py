@@ -12,7 +12,7 @@ of image"). An *episode* is one query and a support set of ``S`` other pairs of 
 - :class:`ArrayTask` / :func:`tasks_from_datalist`: real labeled data given as a datalist. Each multi-class
   label is split into one binary task per class, 3D volumes are sliced along each chosen axis (a task is
   ``<dataset>/<axis>/<label>``), and every slice is resized to ``size x size`` (images bilinear, labels
-  nearest) and min-max normalised.
+  nearest) and normalised (min-max unless the bundle's ``intensity`` says otherwise: :func:`image_normaliser`).
 - :class:`EpisodicDataset`: each item draws a task *uniformly over tasks* (not over images), then ``S + 1``
   distinct images of it; in-task augmentation runs per image, then task augmentation runs once on the query and
   the whole support together (both MONAI transforms from the config).
@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.transforms import Resize, ScaleIntensity
+from monai.utils import convert_to_numpy
 from scipy import ndimage
 
 from .synthetic import (
@@ -80,9 +82,19 @@ _FOV = 100.0  # mm, the field of view of a synthetic image whatever its pixel si
 
 def minmax(x: np.ndarray) -> np.ndarray:
     """Min-max normalise to [0, 1] (a constant image gives zeros), float32."""
-    x = np.asarray(x, dtype=np.float32)
-    lo, hi = float(x.min()), float(x.max())
-    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    return convert_to_numpy(ScaleIntensity(minv=0.0, maxv=1.0)(np.asarray(x, dtype=np.float32)))
+
+
+def image_normaliser(intensity="minmax") -> Callable[[np.ndarray], np.ndarray]:
+    """The per-image normalisation of a 2D image as the bundle's ``intensity`` value selects it
+    (:mod:`custom_components.transforms.intensity`; ``"minmax"``, the paper's, is :func:`minmax`), float32."""
+    from ..transforms.intensity import intensity_spec, intensity_transform
+
+    spec = intensity_spec(intensity)
+    if spec["mode"] == "minmax":
+        return minmax
+    transform = intensity_transform(spec)
+    return lambda x: convert_to_numpy(transform(np.asarray(x, dtype=np.float32)[None]))[0].astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,10 +309,10 @@ class ArrayTask:
 
 
 def _resize(x: np.ndarray, size: int, order: int) -> np.ndarray:
-    t = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))[None, None]
-    mode = "bilinear" if order else "nearest"
-    kwargs = {"align_corners": False} if order else {}
-    return torch.nn.functional.interpolate(t, size=(size, size), mode=mode, **kwargs)[0, 0].numpy()
+    """A 2D array resized to ``size x size``: bilinear (``order=1``, ``align_corners=False``) or nearest (0)."""
+    mode, align_corners = ("bilinear", False) if order else ("nearest", None)
+    resize = Resize((size, size), mode=mode, align_corners=align_corners, dtype=torch.float32)
+    return convert_to_numpy(resize(np.asarray(x, dtype=np.float32)[None]))[0]
 
 
 def _load(path: str) -> np.ndarray:
@@ -322,13 +334,15 @@ def tasks_from_datalist(
     min_foreground: int = 10,
     min_images: int = 2,
     slice_step: int = 1,
+    intensity="minmax",
 ) -> list[ArrayTask]:
     """Binary 2D tasks from labeled datalist items (``image``, ``label``, optional ``task`` and ``subject``).
 
     Every label value ``c > 0`` of an item gives the binary map ``label == c``; a 3D volume gives the slices along
     each axis of ``axes`` that hold at least ``min_foreground`` voxels of ``c``. The task is
     ``<dataset>/<axis>/<c>`` (``<dataset>/2d/<c>`` for 2D items; an item's ``task`` key replaces ``<dataset>``).
-    Slices are resized to ``size x size`` and min-max normalised per slice.
+    Slices are resized to ``size x size`` and normalised per slice (``intensity``: the bundle's choice, default
+    min-max; :func:`image_normaliser`).
 
     Args:
         items: datalist items with absolute paths.
@@ -338,7 +352,9 @@ def tasks_from_datalist(
         min_foreground: slices with fewer foreground voxels are skipped.
         min_images: tasks with fewer images are dropped (an episode needs a query and a support).
         slice_step: keep every ``slice_step``-th slice.
+        intensity: the per-slice intensity normalisation (the bundle's ``intensity`` value).
     """
+    normalise = image_normaliser(intensity)
     pools: dict[str, dict[str, list]] = defaultdict(lambda: {"images": [], "labels": [], "subjects": []})
     for idx, item in enumerate(items):
         image, label = _load(str(item["image"])), np.rint(_load(str(item["label"]))).astype(np.int64)
@@ -357,7 +373,7 @@ def tasks_from_datalist(
                 for img, lab in slices:
                     if lab.sum() < min_foreground:
                         continue
-                    pools[name]["images"].append(minmax(_resize(img, size, 1)))
+                    pools[name]["images"].append(normalise(_resize(img, size, 1)))
                     pools[name]["labels"].append((_resize(lab.astype(np.float32), size, 0) > 0.5).astype(np.float32))
                     pools[name]["subjects"].append(subject)
     tasks = [
@@ -369,21 +385,21 @@ def tasks_from_datalist(
     return tasks
 
 
-def _datalist_tasks(datalist: str, key: str, size: int, axes: Sequence[int]) -> list[ArrayTask]:
+def _datalist_tasks(datalist: str, key: str, size: int, axes: Sequence[int], intensity="minmax") -> list[ArrayTask]:
     from .datalist import load_items
 
-    return tasks_from_datalist(load_items(datalist, key), Path(datalist).parent.name, size, axes)
+    return tasks_from_datalist(load_items(datalist, key), Path(datalist).parent.name, size, axes, intensity=intensity)
 
 
 def load_tasks(
     synthetic: dict | None = None, datalists: Sequence[str] = (), key: str = "training", size: int = 128,
-    axes: Sequence[int] = (0, 1, 2),
+    axes: Sequence[int] = (0, 1, 2), intensity="minmax",
 ) -> list:
     """The task list of a training or validation set: synthetic tasks (``synthetic_tasks(**synthetic)``) plus the
-    binary tasks of each datalist's ``key`` split."""
+    binary tasks of each datalist's ``key`` split (slices normalised as ``intensity`` says)."""
     tasks: list = synthetic_tasks(**{"size": size, **synthetic}) if synthetic else []
     for d in datalists:
-        tasks += _datalist_tasks(d, key, size, axes)
+        tasks += _datalist_tasks(d, key, size, axes, intensity)
     if not tasks:
         raise InputDataError("no tasks: give synthetic task settings or datalists with labeled items")
     return tasks
@@ -548,14 +564,16 @@ def _support_pairs(folder: Path) -> list[tuple[Path, Path]]:
 
 
 def read_support_folder(
-    folder: str | os.PathLike, size: int = 128, axis: int = 2, min_foreground: int = 1, max_slices: int = 64
+    folder: str | os.PathLike, size: int = 128, axis: int = 2, min_foreground: int = 1, max_slices: int = 64,
+    intensity="minmax",
 ) -> SupportSet:
     """Read the support set of inference: image/label pairs, 2D images or 3D volumes.
 
     Layout: ``folder/images/<name>`` and ``folder/labels/<name>`` (same names), or a flat folder of ``<name>.<ext>``
     with ``<name>_label.<ext>``. Labels are integer maps; each value ``> 0`` is one label (task) to segment.
     3D volumes give their slices along ``axis`` that hold some foreground (at most ``max_slices``, evenly spaced).
-    Every image/slice is resized to ``size`` (images bilinear, labels nearest) and min-max normalised.
+    Every image/slice is resized to ``size`` (images bilinear, labels nearest) and normalised as ``intensity`` says
+    (the bundle's ``intensity`` value; default min-max, :func:`image_normaliser`).
 
     Raises:
         InputDataError: no image (empty support set), an image without label (or the reverse), an image whose shape
@@ -564,6 +582,7 @@ def read_support_folder(
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise InputDataError(f"support folder not found: {folder}")
+    normalise = image_normaliser(intensity)
     images, labels, names, problems = [], [], [], []
     for img_path, lab_path in _support_pairs(folder):
         img, lab = _load(str(img_path)), np.rint(_load(str(lab_path))).astype(np.int64)
@@ -581,7 +600,7 @@ def read_support_folder(
             problems.append(f"{img_path}: has {img.ndim} dimensions {list(img.shape)}, expected a 2D or 3D image")
             continue
         for k, (im, lb) in enumerate(slices):
-            images.append(minmax(_resize(im, size, 1)))
+            images.append(normalise(_resize(im, size, 1)))
             labels.append(np.rint(_resize(lb.astype(np.float32), size, 0)).astype(np.int64))
             names.append(img_path.name if len(slices) == 1 else f"{img_path.name}[{k}]")
     if problems:

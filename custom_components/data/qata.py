@@ -9,8 +9,13 @@ Published layout (Li et al., LViT, IEEE TMI 2023; QaTa-COV19, MosMedData+, MoNuS
 The official QaTa code reads one ``Train_Folder/Train_Val_text.xlsx`` for train and validation; every
 ``*text*.xlsx``/``*text*.csv`` file found in ``root`` or a split folder is read, so both arrangements work. QaTa mask
 names are ``mask_<image name>``; MoNuSeg masks are the image name with a ``.png`` extension; both are looked up.
-:func:`convert_qata` writes the datalist (``training``, ``validation``, ``test`` items ``{image, label, text}``).
-The ``.xlsx`` files are read with the standard library (no pandas needed); a CSV export works as well.
+:func:`convert_qata` writes the datalist (``training``, ``validation``, ``test`` items ``{image, label, text}``) into a
+folder of the user's choice (the source may be read-only) from any subset of the split folders. MoNuSeg as shipped
+(Train_Folder 24 + Val_Folder 6 images, no test folder)::
+
+    python -m custom_components.data convert_qata --root ../shared/data/monuseg --dataset_dir /tmp/monuseg \
+        --val_images 4 --val_folder_split test     # 20 train / 4 validation (seeded, listed) / 6 test
+The ``.xlsx`` files are read with ``openpyxl`` (no pandas needed); a CSV export works as well.
 
 Synthetic default (:func:`generate_qata_synthetic`): chest-X-ray-like images
 (:class:`~custom_components.data.synthetic.chest.ChestXRayPhantom`) with 0-4 infected areas in named lung zones and
@@ -24,11 +29,9 @@ import csv
 import json
 import logging
 import os
-import re
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from xml.etree import ElementTree
 
 import numpy as np
 import torch
@@ -43,13 +46,15 @@ __all__ = [
     "describe_zones",
     "read_descriptions",
     "convert_qata",
+    "missing_dataset",
     "generate_qata_synthetic",
     "generate_lv_bank",
     "load_lv_bank",
-    "split_labeled",
+    "split_random_fraction",
     "labeled_items",
     "unlabeled_items",
     "attach_text",
+    "read_text_file",
     "EnsureChannelsd",
 ]
 
@@ -85,37 +90,19 @@ def describe_zones(zones: Sequence[tuple[str, str]]) -> str:
 # description files
 # ------------------------------------------------------------------------------------------------
 def _xlsx_rows(path: Path) -> list[list[str]]:
-    """Rows of the first worksheet of an ``.xlsx`` file (cell text; shared and inline strings, numbers)."""
-    ns = {"m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main"}
-    with zipfile.ZipFile(path) as z:
-        shared: list[str] = []
-        if "xl/sharedStrings.xml" in z.namelist():
-            root = ElementTree.fromstring(z.read("xl/sharedStrings.xml"))
-            shared = ["".join(t.text or "" for t in si.iter(f"{{{ns['m']}}}t")) for si in root.findall("m:si", ns)]
-        sheets = sorted(n for n in z.namelist() if re.fullmatch(r"xl/worksheets/sheet\d+\.xml", n))
-        if not sheets:
-            raise ValueError(f"{path}: no worksheet")
-        root = ElementTree.fromstring(z.read(sheets[0]))
-    rows = []
-    for row in root.iter(f"{{{ns['m']}}}row"):
-        cells: dict[int, str] = {}
-        for c in row.findall("m:c", ns):
-            ref = c.get("r", "")
-            col = 0
-            for ch in re.match(r"[A-Z]*", ref).group(0):
-                col = col * 26 + ord(ch) - 64
-            col = max(col - 1, len(cells)) if ref else len(cells)
-            kind, v = c.get("t"), c.find("m:v", ns)
-            if kind == "s" and v is not None:
-                text = shared[int(v.text)]
-            elif kind == "inlineStr":
-                text = "".join(t.text or "" for t in c.iter(f"{{{ns['m']}}}t"))
-            else:
-                text = v.text if v is not None and v.text is not None else ""
-            cells[col] = text
-        if cells:
-            rows.append([cells.get(i, "") for i in range(max(cells) + 1)])
-    return rows
+    """Rows of the first worksheet of an ``.xlsx`` file as cell text (``""`` for empty cells), empty rows skipped."""
+    from openpyxl import load_workbook  # only needed for .xlsx; CSV works without it
+
+    try:
+        wb = load_workbook(path, data_only=True)  # data_only: the cached value of a formula, not the formula
+    except KeyError as e:  # a zip archive without the parts of a workbook
+        raise ValueError(f"{path}: not an .xlsx workbook ({e})") from e
+    try:
+        sheet = wb.worksheets[0]
+        rows = [["" if v is None else str(v) for v in row] for row in sheet.iter_rows(values_only=True)]
+    finally:
+        wb.close()
+    return [r for r in rows if any(r)]
 
 
 def read_descriptions(path: str | os.PathLike) -> dict[str, str]:
@@ -173,41 +160,86 @@ def _lookup(descriptions: Mapping[str, str], names: Iterable[str]) -> str | None
 # converter
 # ------------------------------------------------------------------------------------------------
 def convert_qata(
-    root: str | os.PathLike, dataset_dir: str | os.PathLike | None = None, val_fraction: float = 0.2, seed: int = 0
+    root: str | os.PathLike,
+    dataset_dir: str | os.PathLike | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    val_images: int | str | Sequence[str] | None = None,
+    val_folder_split: str = "validation",
 ) -> str:
-    """Write the datalist of a dataset in the published LViT layout.
+    """Write the datalist of a dataset in the published LViT layout (any of its split folders).
 
     Args:
-        root: the folder holding ``Train_Folder``, ``Test_Folder`` and (optionally) ``Val_Folder``.
-        dataset_dir: where ``dataset.json`` goes (default ``root``); paths in it are relative to it when possible.
-        val_fraction: with no ``Val_Folder``, this fraction of ``Train_Folder`` (seeded shuffle) becomes the
-            validation split (QaTa: 1429 of 7145 = 0.2).
-        seed: of that shuffle.
+        root: the folder holding any of ``Train_Folder``, ``Val_Folder`` and ``Test_Folder`` (each with ``img/`` and
+            ``labelcol/``); a missing split folder is skipped (logged), at least one must be there. Nothing is
+            written into ``root`` unless it is also ``dataset_dir``; it may be read-only.
+        dataset_dir: where ``dataset.json`` goes (default ``root``, the QaTa behaviour). Paths in it are relative to
+            it for files inside it, absolute otherwise (a datalist next to read-only source data).
+        val_fraction: with no validation split otherwise (no ``Val_Folder``, or it became ``test``, and no
+            ``val_images``), this fraction of ``Train_Folder`` (seeded shuffle) becomes the validation split
+            (QaTa: 1429 of 7145 = 0.2); 0 keeps them all for training.
+        seed: of that shuffle (and of ``val_images`` given as a count).
+        val_images: validation images taken from ``Train_Folder``: a count (seeded shuffle of the sorted file
+            names; MoNuSeg: 4 of 24) or image file names (or stems), e.g. ``"a.png,b.png"``; used instead of
+            ``val_fraction``, so a ``Val_Folder`` must go to ``test`` (``val_folder_split="test"``).
+        val_folder_split: the split ``Val_Folder`` fills: ``"validation"`` (default) or ``"test"`` (MoNuSeg as
+            distributed without its test folder: the official validation images become the held-out test set).
+
+    Whenever a split is derived (validation taken from ``Train_Folder``, ``Val_Folder`` used as ``test``) the datalist
+    also holds ``"split_info"``: where each split came from, the seed and the validation image names.
 
     Returns:
         the datalist path.
 
     Raises:
-        InputDataError: a split folder is missing, an image has no mask, or a mask has no description (all listed).
+        InputDataError: no split folder, a split folder without ``img/``, an image without a mask, a mask without a
+            description (all listed), an unknown ``val_images`` name, an ambiguous split request, or an unwritable
+            ``dataset_dir``.
     """
+    if val_folder_split not in ("validation", "test"):
+        raise ValueError(f"val_folder_split must be 'validation' or 'test', got {val_folder_split!r}")
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     root = Path(root).expanduser().resolve()
     out_dir = Path(dataset_dir).expanduser().resolve() if dataset_dir else root
+    if not root.is_dir():
+        raise InputDataError(f"{root}: dataset folder not found")
+    present = [(f, s) for f, s in _SPLITS if (root / f).is_dir()]
+    if not present:
+        raise InputDataError(f"{root}: none of {', '.join(f for f, _ in _SPLITS)} found; not the published LViT layout "
+                             f"(<root>/<Split>_Folder/{{img,labelcol}} and <Split>_text.xlsx)")
+    folders = {f for f, _ in present}
+    for f, _ in _SPLITS:
+        if f not in folders:
+            logger.info(f"{root}: no {f}, skipped")
+    if val_folder_split == "test" and {"Val_Folder", "Test_Folder"} <= folders:
+        raise InputDataError(f"{root}: has both Val_Folder and Test_Folder; val_folder_split='test' would merge them "
+                             f"(leave it 'validation')")
+    if val_images is not None and "Val_Folder" in folders and val_folder_split == "validation":
+        raise InputDataError(f"{root}: val_images takes validation images from Train_Folder, but Val_Folder is the "
+                             f"validation split too; set val_folder_split='test' (or drop val_images)")
     found: dict[str, dict[str, str]] = {}
     for folder in [root] + [root / f for f, _ in _SPLITS]:
         found[folder.name] = {}
         if folder.is_dir():
             for f in _description_files(folder):
                 found[folder.name].update(read_descriptions(f))
+
+    def ref(p: Path) -> str:
+        return os.path.relpath(p, out_dir) if out_dir in p.parents else str(p)
+
     problems: list[str] = []
     datalist: dict[str, list] = {"training": [], "validation": [], "test": []}
-    for folder, split in _SPLITS:
+    names: dict[str, list[str]] = {"training": []}  # image file names of Train_Folder, in datalist order
+    for folder, split in present:
+        if folder == "Val_Folder":
+            split = val_folder_split
         img_dir, lab_dir = root / folder / "img", root / folder / "labelcol"
         # the split's own files first; validation also reads Train_Folder's (official Train_Val_text.xlsx); then root
         descriptions = {**found[root.name], **(found["Train_Folder"] if folder == "Val_Folder" else {}),
                         **found[folder]}
         if not img_dir.is_dir():
-            if folder != "Val_Folder":
-                problems.append(f"{img_dir}: folder not found")
+            problems.append(f"{img_dir}: folder not found")
             continue
         for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES):
             mask = _find_mask(lab_dir, img.name)
@@ -218,20 +250,68 @@ def convert_qata(
             if text is None:
                 problems.append(f"{mask}: no description row (Image = {mask.name}) in the *text*.xlsx/csv files")
                 continue
-            rel = (lambda p: os.path.relpath(p, out_dir))
-            datalist[split].append({"image": rel(img), "label": rel(mask), "text": text})
+            datalist[split].append({"image": ref(img), "label": ref(mask), "text": text})
+            if folder == "Train_Folder":
+                names["training"].append(img.name)
     if problems:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise InputDataError(f"{root}: {len(problems)} problem(s); no datalist written:\n  " + "\n  ".join(problems[:20]) + more)
-    if not datalist["validation"] and datalist["training"]:
-        order = np.random.default_rng(seed).permutation(len(datalist["training"]))
-        n_val = int(round(val_fraction * len(order)))
-        val = set(order[:n_val].tolist())
-        datalist["validation"] = [it for i, it in enumerate(datalist["training"]) if i in val]
-        datalist["training"] = [it for i, it in enumerate(datalist["training"]) if i not in val]
+    split_info: dict = {}
+    if "Val_Folder" in folders and val_folder_split == "test":
+        split_info["test"] = {"from": "Val_Folder"}
+    train_names = names["training"]
+    chosen: list[int] | None = None
+    if val_images is not None:
+        if isinstance(val_images, str) and not val_images.strip().isdigit():
+            val_images = [v.strip() for v in val_images.split(",") if v.strip()]
+        if isinstance(val_images, (int, str)):
+            n_val = int(val_images)
+            if not 0 < n_val < len(train_names):
+                raise InputDataError(f"{root}: val_images={n_val} of {len(train_names)} Train_Folder images: "
+                                     f"give 1..{len(train_names) - 1}")
+            chosen = sorted(np.random.default_rng(seed).permutation(len(train_names))[:n_val].tolist())
+            how = {"count": n_val, "seed": seed}
+        else:
+            index = {Path(n).stem: i for i, n in enumerate(train_names)}
+            index.update({n: i for i, n in enumerate(train_names)})
+            unknown = [str(v) for v in val_images if str(v) not in index]
+            if unknown:
+                raise InputDataError(f"{root}: val_images not in Train_Folder/img: {', '.join(unknown)}")
+            chosen = sorted({index[str(v)] for v in val_images})
+            if not chosen or len(chosen) == len(train_names):
+                raise InputDataError(f"{root}: val_images must name some, not all, Train_Folder images")
+            how = {"listed": True}
+    elif not datalist["validation"] and datalist["training"] and float(val_fraction) > 0:
+        order = np.random.default_rng(seed).permutation(len(train_names))
+        n_val = int(round(float(val_fraction) * len(order)))
+        chosen = sorted(order[:n_val].tolist())
+        how = {"fraction": float(val_fraction), "seed": seed}
+    if chosen is not None:
+        picked = set(chosen)
+        datalist["validation"] = [it for i, it in enumerate(datalist["training"]) if i in picked]
+        datalist["training"] = [it for i, it in enumerate(datalist["training"]) if i not in picked]
+        split_info["validation"] = {"from": "Train_Folder", **how, "images": [train_names[i] for i in chosen]}
+    if split_info:
+        split_info["training"] = {"from": "Train_Folder"}
+        datalist["split_info"] = split_info  # type: ignore[assignment]
+    if out_dir.exists() and not (out_dir.is_dir() and os.access(out_dir, os.W_OK)):
+        raise InputDataError(f"{out_dir}: cannot write the datalist there (read-only or not a folder); "
+                             f"give an output folder with --dataset_dir")
     path = write_datalist(out_dir / DATALIST_NAME, datalist)
-    logger.info(f"{path}: " + ", ".join(f"{k} {len(v)}" for k, v in datalist.items()))
+    logger.info(f"{path}: " + ", ".join(f"{k} {len(v)}" for k, v in datalist.items() if isinstance(v, list)))
     return path
+
+
+def missing_dataset(dataset_dir: str | os.PathLike, name: str = "the dataset", command: str = "") -> None:
+    """A ``synthetic_data`` generator for configs of real data only: stops with how to convert the data instead of
+    generating the synthetic demo dataset into an empty ``dataset_dir``.
+
+    Raises:
+        InputDataError: always.
+    """
+    hint = f": {command}" if command else ""
+    raise InputDataError(f"{dataset_dir}: no dataset.json; this config trains on {name}, which has no synthetic "
+                         f"stand-in. Convert it first and pass the output folder as --dataset_dir{hint}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,7 +431,9 @@ def generate_qata_synthetic(
 # ------------------------------------------------------------------------------------------------
 # labeled / unlabeled splits
 # ------------------------------------------------------------------------------------------------
-def split_labeled(datalist: str | os.PathLike, labeled_fraction: float = 1.0, seed: int = 0) -> tuple[list, list]:
+def split_random_fraction(
+    datalist: str | os.PathLike, labeled_fraction: float = 1.0, seed: int = 0
+) -> tuple[list, list]:
     """``(labeled, unlabeled)`` training items: a seeded ``labeled_fraction`` (1/4, 1/2, 1) of ``training`` keeps its
     labels, the rest loses them (their text is kept). Unlabeled items get a ``uid`` (their image path relative to the
     datalist, so a moved dataset still matches its stored pseudo labels), the key of the stored pseudo label."""
@@ -359,6 +441,7 @@ def split_labeled(datalist: str | os.PathLike, labeled_fraction: float = 1.0, se
     if not 0.0 < labeled_fraction <= 1.0:
         raise ValueError(f"labeled_fraction must be in (0, 1], got {labeled_fraction}")
     n_lab = max(1, int(round(labeled_fraction * len(items))))
+    # not monai.data.partition_dataset: its shuffle picks other items for a seed (changing existing splits)
     order = np.random.default_rng(seed).permutation(len(items))
     chosen = set(order[:n_lab].tolist())
     labeled = [it for i, it in enumerate(items) if i in chosen]
@@ -369,13 +452,13 @@ def split_labeled(datalist: str | os.PathLike, labeled_fraction: float = 1.0, se
 
 
 def labeled_items(datalist: str | os.PathLike, labeled_fraction: float = 1.0, seed: int = 0) -> list[dict]:
-    """The labeled part of :func:`split_labeled`."""
-    return split_labeled(datalist, labeled_fraction, seed)[0]
+    """The labeled part of :func:`split_random_fraction`."""
+    return split_random_fraction(datalist, labeled_fraction, seed)[0]
 
 
 def unlabeled_items(datalist: str | os.PathLike, labeled_fraction: float = 1.0, seed: int = 0) -> list[dict]:
-    """The unlabeled part of :func:`split_labeled` (no labels, with text and ``uid``)."""
-    return split_labeled(datalist, labeled_fraction, seed)[1]
+    """The unlabeled part of :func:`split_random_fraction` (no labels, with text and ``uid``)."""
+    return split_random_fraction(datalist, labeled_fraction, seed)[1]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -398,8 +481,26 @@ def _nearby_descriptions(image: Path, memo: dict) -> dict[str, str]:
     return out
 
 
+def read_text_file(path: str | os.PathLike) -> str:
+    """The sentence in a UTF-8 text file (surrounding white space removed; line breaks become spaces).
+
+    A sentence that starts with ``$``, ``@`` or ``%`` cannot be given on the command line (MONAI's config parser
+    would evaluate it), so it is given in a file (``--text_file``); the file's text is never evaluated.
+
+    Raises:
+        InputDataError: the file is missing, unreadable or empty.
+    """
+    try:
+        text = " ".join(Path(path).read_text(encoding="utf-8").split())
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputDataError(f"{path}: text file unreadable ({type(e).__name__}: {e})") from e
+    if not text:
+        raise InputDataError(f"{path}: text file is empty")
+    return text
+
+
 def attach_text(items: list[dict], text: str | None = None, text_mode: str = "required",
-                source: str = "input") -> list[dict]:
+                source: str = "input", text_file: str | os.PathLike | None = None) -> list[dict]:
     """Give every inference item its sentence, or stop with an error naming each image that has none.
 
     Args:
@@ -410,12 +511,18 @@ def attach_text(items: list[dict], text: str | None = None, text_mode: str = "re
         text_mode: ``"required"`` (LViT needs text, as in the paper) or ``"none"`` (explicit no-text mode: the text
             path of the network is skipped and any text is dropped).
         source: the input's name, for messages.
+        text_file: a UTF-8 file holding the one sentence for every item (:func:`read_text_file`), instead of ``text``.
 
     Raises:
-        InputDataError: in ``"required"`` mode, listing each image without text.
+        InputDataError: in ``"required"`` mode, listing each image without text; an unreadable ``text_file``.
+        ValueError: both ``text`` and ``text_file`` are given.
     """
     if text_mode not in ("required", "none"):
         raise ValueError(f"text_mode must be 'required' or 'none', got {text_mode!r}")
+    if text_file:
+        if text is not None and str(text).strip():
+            raise ValueError("give the sentence either as text or as text_file, not both")
+        text = read_text_file(text_file)
     if text_mode == "none":
         return [{k: v for k, v in it.items() if k != "text"} for it in items]
     out, missing, memo = [], [], {}
@@ -469,5 +576,9 @@ class EnsureChannelsd(MapTransform):
                 x = x.mean(0, keepdim=True)
             if x.shape[0] != self.channels:
                 raise ValueError(f"{key}: cannot make {self.channels} channels from shape {list(x.shape)}")
+            if hasattr(x, "meta") and x.meta.get("original_channel_dim") not in (None, 0):
+                # the file's channels (RGB(A) last) are this transform's now; a prediction inverted onto this image
+                # (one channel) must be saved as a channel-first map, not looked for channels in its last axis
+                x.meta["original_channel_dim"] = float("nan")
             d[key] = x
         return d

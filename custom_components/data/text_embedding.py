@@ -13,8 +13,10 @@ WordPiece vocabulary is bert-base-uncased's), loaded through ``transformers`` fr
 - :class:`HashTextEncoder`: a deterministic, dependency-free stand-in (each word seeds a random vector) for tests and
   machines without the wheel. Its embeddings carry word identity but no meaning.
 - :class:`TextEmbeddingCache`: ``text -> (tokens, sentence)``, in memory and as one ``.pt`` file per text under
-  ``cache_dir/<encoder id>/``, keyed by a hash of the text and the encoder (name and ``text_len``); the encoder is
-  loaded only when a text is missing. :meth:`TextEmbeddingCache.precompute` embeds a whole datalist in batches.
+  ``cache_dir/<encoder id>/``, keyed by a hash of the text, the encoder and ``text_len``; the encoder is loaded only
+  when a text is missing. :meth:`TextEmbeddingCache.precompute` embeds a whole datalist in batches. A cache file holds
+  the embedding and the encoder id, never the text; the default folder, :func:`default_text_cache_dir`, is a per-user
+  cache outside every bundle (report sentences are patient data: they must not travel with a packaged bundle).
 - :class:`TextEmbeddingd`: the MONAI transform that puts ``text_emb`` ``[text_len, D]`` and ``text_sentence``
   ``[D]`` into a data item from its ``text`` (a cache lookup, not an encoder call, once the cache is filled).
 
@@ -27,13 +29,14 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.transforms import MapTransform
+
+from .synthetic.io import save_torch_atomically
 
 __all__ = [
     "MiniLMTextEncoder",
@@ -43,6 +46,7 @@ __all__ = [
     "TextEmbeddingd",
     "first_line",
     "minilm_model_path",
+    "default_text_cache_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,6 +58,17 @@ def first_line(text: str) -> str:
         if line.strip():
             return line.strip()
     return ""
+
+
+CACHE_SUBDIR = ("custom_components", "text_embeddings")
+
+
+def default_text_cache_dir() -> str:
+    """The per-user text-embedding cache: ``$XDG_CACHE_HOME/custom_components/text_embeddings`` (``~/.cache`` when
+    ``XDG_CACHE_HOME`` is unset). It lies outside every bundle, so packaging a bundle can never pick it up; it holds
+    embeddings of report sentences (no text), derived from patient data, and stays on this machine."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, *CACHE_SUBDIR)
 
 
 def minilm_model_path() -> str:
@@ -177,7 +192,10 @@ class TextEmbeddingCache:
     """Embeddings of texts, computed once and kept in memory and on disk.
 
     Args:
-        cache_dir: folder of the cache; files go to ``cache_dir/<encoder id>/<sha256 of the text>.pt``.
+        cache_dir: folder of the cache (``None``: memory only); files go to
+            ``cache_dir/<encoder id>/<sha256 of encoder id, text_len and text>.pt`` and hold ``tokens``, ``sentence``,
+            ``encoder`` and ``text_len``, never the text. Folders it creates are private to the user (mode 0700);
+            if the folder cannot be written, the cache warns once and keeps to memory.
         encoder: ``"minilm"``, ``"hash"`` or an encoder object (with ``encode`` and ``encoder_id``).
         text_len: word vectors per text.
         text_dim: vector width (must be 384 for MiniLM).
@@ -188,12 +206,17 @@ class TextEmbeddingCache:
 
     def __init__(self, cache_dir: str | os.PathLike | None, encoder="minilm", text_len: int = 10, text_dim: int = 384):
         self.encoder = make_text_encoder(encoder, text_len, text_dim) if isinstance(encoder, str) else encoder
-        self.folder = Path(cache_dir) / self.encoder.encoder_id if cache_dir else None
+        self.folder = Path(cache_dir).expanduser() / self.encoder.encoder_id if cache_dir else None
         self._memory: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.hits = self.misses = 0
 
+    @property
+    def text_len(self) -> int:
+        return int(getattr(self.encoder, "text_len", 0))
+
     def key(self, text: str) -> str:
-        return hashlib.sha256(f"{self.encoder.encoder_id}\n{first_line(text)}".encode()).hexdigest()
+        """Hex sha256 of the encoder id, ``text_len`` and the text's first line: the file name, which reveals no text."""
+        return hashlib.sha256(f"{self.encoder.encoder_id}\n{self.text_len}\n{first_line(text)}".encode()).hexdigest()
 
     def _path(self, key: str) -> Path | None:
         return self.folder / f"{key}.pt" if self.folder is not None else None
@@ -213,21 +236,29 @@ class TextEmbeddingCache:
             return value
         return None
 
-    def _store(self, key: str, text: str, tokens: torch.Tensor, sentence: torch.Tensor) -> None:
+    def _make_folder(self, folder: Path) -> None:
+        """Create ``folder`` and its missing parents, each private to the user (0700)."""
+        missing = []
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for f in reversed(missing):
+            f.mkdir(mode=0o700, exist_ok=True)
+
+    def _store(self, key: str, tokens: torch.Tensor, sentence: torch.Tensor) -> None:
         value = (tokens.float().contiguous(), sentence.float().contiguous())
         self._memory[key] = value
         path = self._path(key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
         try:
-            torch.save({"tokens": value[0], "sentence": value[1], "text": first_line(text)}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            self._make_folder(path.parent)
+            # embedding and non-identifying metadata only: never the text
+            save_torch_atomically({"tokens": value[0], "sentence": value[1], "encoder": self.encoder.encoder_id,
+                                   "text_len": self.text_len}, path)
+        except OSError as e:
+            logger.warning(f"text cache folder {self.folder} cannot be written ({e}); keeping embeddings in memory only")
+            self.folder = None
 
     def precompute(self, texts: Iterable[str | None]) -> int:
         """Encode (in batches) every distinct text not yet cached; returns the number encoded."""
@@ -242,8 +273,8 @@ class TextEmbeddingCache:
             logger.info(f"encoding {len(todo)} text(s) with {self.encoder.encoder_id} (cached in {self.folder})")
             keys, texts_ = list(todo), list(todo.values())
             tokens, sentences = self.encoder.encode(texts_)
-            for k, t, tok, sen in zip(keys, texts_, tokens, sentences):
-                self._store(k, t, tok, sen)
+            for k, tok, sen in zip(keys, tokens, sentences):
+                self._store(k, tok, sen)
             self.misses += len(todo)
         return len(todo)
 
@@ -260,7 +291,7 @@ class TextEmbeddingCache:
             return value
         self.misses += 1
         tokens, sentences = self.encoder.encode([str(text)])
-        self._store(k, str(text), tokens[0], sentences[0])
+        self._store(k, tokens[0], sentences[0])
         return self._memory[k]
 
 

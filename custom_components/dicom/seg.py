@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .series import LPS_FROM_RAS, DicomInputError, read_dicom_series
+from .series import DicomInputError, read_dicom_series
 
 __all__ = ["write_dicom_seg", "segment_code", "label_names_from_metadata", "read_dicom_seg", "SegmentCode"]
 
@@ -174,7 +174,9 @@ def _frames_in_source_order(labels: np.ndarray, affine: np.ndarray, datasets: li
         )
     if len(datasets) == 1 and "ImagePositionPatient" not in datasets[0]:  # a projection image (DX, CR): no planes
         return labels[:, :, 0].T[None].astype(np.uint16)
-    lps = LPS_FROM_RAS @ affine
+    from monai.data.utils import orientation_ras_lps
+
+    lps = orientation_ras_lps(affine)
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     orientation = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
     pixel_spacing = np.asarray(datasets[0].PixelSpacing, dtype=float)

@@ -35,7 +35,6 @@ __all__ = ["write_dicom_series", "read_dicom_series", "series_geometry", "DicomI
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 _STORAGE = {"CT": CT_IMAGE_STORAGE, "MR": MR_IMAGE_STORAGE}
-LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 class DicomInputError(ValueError):
@@ -77,7 +76,9 @@ def _load(image: str | os.PathLike | np.ndarray, affine: np.ndarray | None) -> t
 def series_geometry(affine: np.ndarray, num_slices: int) -> dict:
     """DICOM plane geometry of a RAS ``affine``: orientation, pixel spacing, slice spacing, per-slice positions
     (LPS, slice ``k`` of the array), and whether the slices must be reversed to make the frame right-handed."""
-    lps = LPS_FROM_RAS @ np.asarray(affine, dtype=np.float64)
+    from monai.data.utils import orientation_ras_lps
+
+    lps = orientation_ras_lps(np.asarray(affine, dtype=np.float64))
     cols = lps[:3, :3]
     spacing = np.linalg.norm(cols, axis=0)
     if np.any(spacing <= 0):

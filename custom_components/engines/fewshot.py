@@ -96,7 +96,8 @@ class FewShotInferer(Inferer):
 
     The support folder is read once (:func:`custom_components.data.fewshot.read_support_folder`). For a batch of
     channel-first targets ``(B, 1, H, W)`` or ``(B, 1, H, W, D)`` each 2D image or slice along ``axis`` (a
-    spatial axis of the volume) is resized to ``img_size`` and min-max normalised, then for every label value of
+    spatial axis of the volume) is resized to ``img_size`` and normalised (``intensity``: min-max, the paper's, unless
+    the bundle's ``intensity`` value says otherwise; the support images the same way), then for every label value of
     the support its probability is the mean over ``num_ensemble`` support sets of ``support_size`` examples,
     resized back (bilinear). The output is ``(B, L, *spatial)``: one probability channel per support label
     (in the order of :attr:`label_values`).
@@ -109,6 +110,8 @@ class FewShotInferer(Inferer):
         axis: for 3D targets and supports, the spatial axis to slice along.
         seed: seed of the support draws (the same targets give the same output).
         slice_batch: slices per forward pass.
+        intensity: the per-slice intensity normalisation of targets and support (the bundle's ``intensity`` value,
+            :mod:`custom_components.transforms.intensity`).
     """
 
     def __init__(
@@ -120,11 +123,15 @@ class FewShotInferer(Inferer):
         axis: int = 2,
         seed: int = 0,
         slice_batch: int = 8,
+        intensity="minmax",
     ) -> None:
         super().__init__()
         from ..data.fewshot import read_support_folder
+        from ..transforms.intensity import intensity_spec, intensity_transform
 
-        self.support = read_support_folder(support_dir, size=img_size, axis=axis)
+        self.intensity = intensity_spec(intensity)
+        self._transform = None if self.intensity["mode"] == "minmax" else intensity_transform(self.intensity)
+        self.support = read_support_folder(support_dir, size=img_size, axis=axis, intensity=self.intensity)
         self.img_size, self.support_size, self.num_ensemble = int(img_size), int(support_size), int(num_ensemble)
         self.axis, self.seed, self.slice_batch = int(axis), int(seed), int(slice_batch)
         logger.info(
@@ -136,6 +143,14 @@ class FewShotInferer(Inferer):
     def label_values(self) -> list[int]:
         """The label values of the support, one output channel each."""
         return list(self.support.label_values)
+
+    def normalise(self, slices: torch.Tensor) -> torch.Tensor:
+        """Each slice of ``(N, 1, h, w)`` normalised on its own, as the support images were."""
+        if self._transform is None:
+            return _minmax_slices(slices)
+        out = [self._transform(s) for s in slices]
+        return torch.stack([(y.as_tensor() if isinstance(y, MetaTensor) else torch.as_tensor(y)).to(slices.dtype)
+                            for y in out])
 
     def _slices(self, x: torch.Tensor) -> tuple[torch.Tensor, callable]:
         """2D slices ``(N, 1, h, w)`` of one channel-first target and a function putting ``(N, 1, h, w)`` back."""
@@ -154,7 +169,7 @@ class FewShotInferer(Inferer):
         for item in torch.as_tensor(inputs):
             slices, put_back = self._slices(item.float())
             h, w = slices.shape[-2:]
-            q = _minmax_slices(F.interpolate(slices, size=(self.img_size,) * 2, mode="bilinear", align_corners=False))
+            q = self.normalise(F.interpolate(slices, size=(self.img_size,) * 2, mode="bilinear", align_corners=False))
             channels = []
             for value in self.support.label_values:
                 imgs, labs = self.support.binary(value)

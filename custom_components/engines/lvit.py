@@ -11,7 +11,8 @@ bundle's model card):
   each time the image is trained on (once per pass over the unlabeled set); targets are ``P >= 0.5`` (or ``P`` with
   ``soft=True``). It has ``state_dict``/``load_state_dict``, so it is saved with the training checkpoint and a
   resumed run continues from the stored labels;
-- :class:`LViTSemiTrainer`: a :class:`~monai.engines.SupervisedTrainer` whose first ``labeled_epochs`` epochs train
+- :class:`LViTSemiTrainer`: a :class:`~custom_components.engines.step.CustomStepTrainer` (MONAI's training step around
+  its own forward and loss) whose first ``labeled_epochs`` epochs train
   on labeled batches only (stage 1); at the start of the next epoch it predicts the soft pseudo labels of every
   unlabeled image (stage 2, skipped when a resumed checkpoint brought them); from then on each iteration adds an
   unlabeled batch (stage 3): ``loss = L_sup + u_weight * (L_sup(pred_u, EPI target) + lv_weight * L_LV)``.
@@ -26,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 from ignite.engine import Events
-from monai.engines import SupervisedTrainer
-from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
+
+from .step import CustomStepTrainer
 
 __all__ = ["TextPrepareBatch", "EPIStore", "LViTSemiTrainer", "attach_early_stopping"]
 
@@ -138,7 +139,7 @@ def _endless(loader: Iterable):
             raise ValueError("the unlabeled data loader yields no batch (fewer unlabeled items than the batch size?)")
 
 
-class LViTSemiTrainer(SupervisedTrainer):
+class LViTSemiTrainer(CustomStepTrainer):
     """Semi-supervised LViT trainer (labeled stage, pseudo-label initialisation, EPI + LV-loss stage).
 
     Args (in addition to those of :class:`~monai.engines.SupervisedTrainer`; ``prepare_batch`` defaults to
@@ -180,6 +181,7 @@ class LViTSemiTrainer(SupervisedTrainer):
         self.lv_loss, self.lv_weight, self.u_weight = lv_loss, float(lv_weight), float(u_weight)
         self.sentence_key, self.uid_key = sentence_key, uid_key
         self._unlabeled_iter = None
+        self._unlabeled: tuple | None = None  # (unlabeled batch, its predictions) from compute_pred to compute_loss
         self.add_event_handler(Events.EPOCH_STARTED, self._maybe_initialise_pseudo_labels)
 
     def semi_stage(self, epoch: int | None = None) -> bool:
@@ -210,61 +212,47 @@ class LViTSemiTrainer(SupervisedTrainer):
             self._unlabeled_iter = _endless(self.unlabeled_data_loader)
         return next(self._unlabeled_iter)
 
-    def _compute(self, engine, image, label, args) -> dict:
+    # -- one iteration (inside CustomStepTrainer's step) -------------------------------------------------------------
+    def compute_pred(self, engine, inputs: torch.Tensor, targets: torch.Tensor, args: tuple, kwargs: dict) -> dict:
+        """Stage 1: the labeled prediction. Stage 3: one forward pass over the labeled and the next unlabeled batch
+        (one DDP forward per backward; BatchNorm sees both); ``pred`` of the output is the labeled part."""
+        self._unlabeled = None
         if not self.semi_stage():
-            pred = engine.inferer(image, engine.network, *args)
-            return {Keys.IMAGE: image, Keys.LABEL: label, Keys.PRED: pred, Keys.LOSS: engine.loss_function(pred, label)}
+            pred = engine.inferer(inputs, engine.network, *args)
+            return {Keys.IMAGE: inputs, Keys.LABEL: targets, Keys.PRED: pred}
         unl = self._next_unlabeled()
         uimg, _, uargs, _ = engine.prepare_batch(unl, engine.state.device, engine.non_blocking)
-        uids = [str(u) for u in unl[self.uid_key]]
-        n = image.shape[0]
-        # one forward pass over labeled + unlabeled images (one DDP forward per backward; BN sees both)
-        both = torch.cat([image, uimg.to(image.dtype)])
+        n = inputs.shape[0]
+        both = torch.cat([inputs, uimg.to(inputs.dtype)])
         text = None if args[0] is None or uargs[0] is None else torch.cat([args[0], uargs[0]])
         pred_all = engine.inferer(both, engine.network, text)
-        pred, upred = pred_all[:n], pred_all[n:]
+        self._unlabeled = (unl, pred_all[n:])
+        return {Keys.IMAGE: inputs, Keys.LABEL: targets, Keys.PRED: pred_all[:n]}
+
+    def compute_loss(self, engine, output: dict) -> torch.Tensor:
+        """``L_sup`` (stage 1), or ``L_sup + u_weight * (L_sup(pred_u, EPI target) + lv_weight * L_LV)`` (stage 3,
+        also logged as ``supervised_loss``, ``unlabeled_loss``, ``lv_loss``); the EPI store is then updated with the
+        unlabeled predictions."""
+        pred, label = output[Keys.PRED], output[Keys.LABEL]
         loss_l = engine.loss_function(pred, label)
+        if self._unlabeled is None:
+            return loss_l
+        (unl, upred), self._unlabeled = self._unlabeled, None
+        uids = [str(u) for u in unl[self.uid_key]]
         if not all(u in self.epi_store for u in uids):  # e.g. another rank's images after a resume
             self.epi_store.initialise([u for u in uids if u not in self.epi_store],
                                       torch.sigmoid(upred.detach().float())[[u not in self.epi_store for u in uids]])
         target = self.epi_store.targets(uids).to(upred.device)
         loss_u = engine.loss_function(upred, target)
-        out = {Keys.IMAGE: image, Keys.LABEL: label, Keys.PRED: pred, "supervised_loss": loss_l.detach()}
+        output["supervised_loss"] = loss_l.detach()
         if self.lv_loss is not None and self.lv_weight > 0:
             sentences = torch.as_tensor(unl[self.sentence_key]).to(upred.device)
             lv = self.lv_loss(upred, sentences)
-            out["lv_loss"] = lv.detach()
+            output["lv_loss"] = lv.detach()
             loss_u = loss_u + self.lv_weight * lv
-        out["unlabeled_loss"] = loss_u.detach()
-        out[Keys.LOSS] = loss_l + self.u_weight * loss_u
+        output["unlabeled_loss"] = loss_u.detach()
         self.epi_store.update(uids, torch.sigmoid(upred.detach().float()))
-        return out
-
-    def _iteration(self, engine, batchdata: dict) -> dict:
-        if batchdata is None:
-            raise ValueError("must provide batch data for current iteration.")
-        image, label, args, _ = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
-        engine.network.train()
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        if engine.amp and engine.scaler is not None:
-            with torch.autocast("cuda", **engine.amp_kwargs):
-                out = self._compute(engine, image, label, args)
-            engine.state.output = out
-            engine.scaler.scale(out[Keys.LOSS]).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
-        else:
-            out = self._compute(engine, image, label, args)
-            engine.state.output = out
-            out[Keys.LOSS].backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.optimizer.step()
-        out[Keys.PRED] = out[Keys.PRED].detach()
-        out[Keys.LOSS] = out[Keys.LOSS].detach()
-        engine.state.output = out
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return engine.state.output
+        return loss_l + self.u_weight * loss_u
 
 
 def attach_early_stopping(evaluator, trainer, patience: int, metric: str = "val_mean_dice") -> None:

@@ -17,7 +17,11 @@ Empty-class conventions (shared by all of the above):
 - a class present in only one of them gets Dice 0 and IoU 0, and NaN surface distances (a surface
   distance to an empty set is undefined); to keep those NaNs from hiding the failure, the summary
   counts per class the cases where the class was missed (``n_missing``: in the ground truth, not in
-  the prediction) or hallucinated (``n_false_positive``: in the prediction, not in the ground truth).
+  the prediction) or hallucinated (``n_false_positive``: in the prediction, not in the ground truth);
+- ``empty_distance="zero"`` (an option of every function and class below) scores the surface distances of a missed
+  class (in the ground truth, not in the prediction) as 0 instead of NaN: the convention of the official BCP/UA-MT
+  test scripts (an empty prediction scores 0 on every metric), which makes HD95/ASD averages comparable with theirs
+  but flatters them.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ _METRIC_TITLES = {
     "hd95_mm": "HD95 (mm)",
     "asd_mm": "ASD (mm)",
 }
+#: values of ``empty_distance``: the surface distances of a missed class.
+EMPTY_DISTANCES = ("nan", "zero")
 #: file name endings stripped from ``filename_or_obj`` to make a case id (longest first).
 _IMAGE_SUFFIXES = (
     ".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".jpg", ".jpeg", ".bmp",
@@ -105,8 +111,15 @@ def _surface_distances(y_pred: torch.Tensor, y: torch.Tensor, spacing: Sequence[
     return float(hd95), float(asd)
 
 
+def _check_empty_distance(empty_distance: str) -> str:
+    if empty_distance not in EMPTY_DISTANCES:
+        raise ValueError(f"empty_distance must be one of {EMPTY_DISTANCES}, got {empty_distance!r}.")
+    return empty_distance
+
+
 def _class_metrics(
-    pred: torch.Tensor, label: torch.Tensor, class_index: int, spacing: Sequence[float] | None
+    pred: torch.Tensor, label: torch.Tensor, class_index: int, spacing: Sequence[float] | None,
+    empty_distance: str = "nan",
 ) -> dict[str, float]:
     """Metrics of one class of two label maps, following the module's empty-class conventions."""
     y_pred = (pred == class_index)[None, None].float()  # the class's channel of the one-hot encoding
@@ -121,6 +134,9 @@ def _class_metrics(
         metrics["hd95"], metrics["asd"] = _surface_distances(y_pred, y, None)
         if spacing is not None:
             metrics["hd95_mm"], metrics["asd_mm"] = _surface_distances(y_pred, y, spacing)
+    elif n_gt and empty_distance == "zero":  # missed class, official BCP/UA-MT convention
+        for name in names[2:]:
+            metrics[name] = 0.0
     metrics["gt_voxels"], metrics["pred_voxels"] = n_gt, n_pred
     return metrics
 
@@ -131,6 +147,7 @@ def compute_case_metrics(
     num_classes: int,
     spacing: Sequence[float] | None = None,
     include_background: bool = False,
+    empty_distance: str = "nan",
 ) -> dict[str, dict[str, float]]:
     """Per-class Dice, IoU, HD95 and symmetric average surface distance of one case.
 
@@ -152,6 +169,8 @@ def compute_case_metrics(
         spacing: voxel size along each spatial axis (mm). When given, ``hd95_mm`` and ``asd_mm`` are
             added to the distances in voxels ``hd95`` and ``asd``.
         include_background: also score class 0.
+        empty_distance: ``"nan"`` (default): a missed class has NaN surface distances; ``"zero"``: 0, as the
+            official BCP/UA-MT test scripts.
 
     Returns:
         ``{str(class_index): {"dice", "iou", "hd95", "asd"[, "hd95_mm", "asd_mm"], "gt_voxels",
@@ -161,6 +180,7 @@ def compute_case_metrics(
         ValueError: shapes differ, are not 2D/3D, values are not integers or lie outside
             ``[0, num_classes)``, or ``spacing`` has the wrong length.
     """
+    _check_empty_distance(empty_distance)
     pred_t, label_t = _as_label_map(pred, "pred"), _as_label_map(label, "label")
     _check_label_maps(pred_t, label_t, num_classes)
     if spacing is not None:
@@ -168,7 +188,7 @@ def compute_case_metrics(
         if len(spacing) != label_t.ndim:
             raise ValueError(f"spacing {spacing} must have one value per spatial axis ({label_t.ndim}).")
     first = 0 if include_background else 1
-    return {str(c): _class_metrics(pred_t, label_t, c, spacing) for c in range(first, num_classes)}
+    return {str(c): _class_metrics(pred_t, label_t, c, spacing, empty_distance) for c in range(first, num_classes)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -347,6 +367,7 @@ class SegmentationReport:
         include_background: also score and report class 0 (it is never part of the foreground mean).
         num_overlays: number of cases (the first ones added with an image) to draw overlays for.
         overlay_axis: for 3D cases, the axis the overlay slice is taken along.
+        empty_distance: surface distances of a missed class: ``"nan"`` or ``"zero"`` (official BCP/UA-MT).
 
     Example::
 
@@ -362,6 +383,7 @@ class SegmentationReport:
         include_background: bool = False,
         num_overlays: int = 3,
         overlay_axis: int = -1,
+        empty_distance: str = "nan",
     ) -> None:
         if len(class_names) < 2:
             raise ValueError(f"class_names needs the background and at least one class, got {list(class_names)}.")
@@ -370,6 +392,7 @@ class SegmentationReport:
         self.include_background = include_background
         self.num_overlays = num_overlays
         self.overlay_axis = overlay_axis
+        self.empty_distance = _check_empty_distance(empty_distance)
         self.reset()
 
     @property
@@ -427,7 +450,8 @@ class SegmentationReport:
                 :func:`compute_case_metrics`).
         """
         try:
-            per_class = compute_case_metrics(pred, label, self.num_classes, spacing, self.include_background)
+            per_class = compute_case_metrics(pred, label, self.num_classes, spacing, self.include_background,
+                                             self.empty_distance)
         except ValueError as err:
             raise ValueError(f"case {case_id!r}: {err}") from err
         record = {
@@ -513,7 +537,8 @@ class SegmentationReport:
             title = case_id if index is None else f"{case_id}, slice {index} (axis {self.overlay_axis})"
             _render_overlay(img, lab, pred, os.path.join(self.output_dir, rel), self.class_names, title)
             written.append(rel)
-        payload = {"class_names": self.class_names, "summary": summary, "cases": self._cases, "record": record}
+        payload = {"class_names": self.class_names, "summary": summary, "cases": self._cases, "record": record,
+                   "empty_distance": self.empty_distance}
         with open(os.path.join(self.output_dir, "metrics.json"), "w") as f:
             json.dump(_json_safe(payload), f, indent=2, allow_nan=False)
         with open(os.path.join(self.output_dir, "metrics.md"), "w") as f:
@@ -529,7 +554,9 @@ class SegmentationReport:
             "them scores Dice = IoU = 0 with no surface distance and is counted under `missed` (ground truth "
             "only) or `false pos.` (prediction only). HD95: 95th percentile symmetric Hausdorff distance; "
             "ASD: symmetric average surface distance. The mean row averages the foreground class means.\n\n"
-            f"{self.table(summary)}"
+            + ("Convention `empty_distance=zero` (official BCP/UA-MT test scripts): a missed class scores HD95 = "
+               "ASD = 0 instead of having no surface distance.\n\n" if self.empty_distance == "zero" else "")
+            + f"{self.table(summary)}"
         )
         if overlays:
             text += "\n## Overlays\n\n" + "".join(f"![{rel}]({rel})\n" for rel in overlays)
@@ -608,6 +635,7 @@ class SegmentationReportHandler:
         overlay_axis: axis of the 3D overlay slice, counted in spatial axes.
         include_background: also score class 0.
         metric_name: key of the mean Dice in ``engine.state.metrics``.
+        empty_distance: surface distances of a missed class: ``"nan"`` or ``"zero"`` (official BCP/UA-MT).
 
     Example (``evaluate.json``)::
 
@@ -626,8 +654,10 @@ class SegmentationReportHandler:
         overlay_axis: int = -1,
         include_background: bool = False,
         metric_name: str = "mean_dice",
+        empty_distance: str = "nan",
     ) -> None:
-        self.report = SegmentationReport(output_dir, class_names, include_background, num_overlays, overlay_axis)
+        self.report = SegmentationReport(output_dir, class_names, include_background, num_overlays, overlay_axis,
+                                         empty_distance)
         self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
         self.metric_name = metric_name
         self._count = 0

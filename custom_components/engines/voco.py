@@ -1,4 +1,4 @@
-"""VoCo pre-training iteration for MONAI's ``SupervisedTrainer`` (``iteration_update``), and position accuracy.
+"""VoCo pre-training trainer (:class:`VoCoTrainer`) and position accuracy.
 
 One step of the official code (Luffy03/VoCo, "10k" version), for a batch of B volumes each giving N random and K base
 crops (:class:`custom_components.transforms.VoCoCropsd`):
@@ -7,10 +7,14 @@ crops (:class:`custom_components.transforms.VoCoCropsd`):
 2. EMA update of the teacher from the pre-step student (``teacher <- m * teacher + (1 - m) * student``, m = 0.9),
    with the shared :class:`custom_components.engines.ema.EMA`;
 3. teacher forward without gradient;
-4. :class:`custom_components.losses.VoCoLoss` (its ``"cvpr"`` form skips steps 2 and 3), backward, optimizer step.
+4. :class:`custom_components.losses.VoCoLoss` (its ``"cvpr"`` form skips steps 2 and 3), backward, optional gradient
+   clipping, optimizer step.
 
-The engine output holds ``loss``, ``loss_pos``, ``loss_neg``, ``loss_reg`` (floats) and ``accuracy``: the fraction of
-random crops whose arg-max logit is the arg-max of their position label (chance: 1/K).
+Steps 1-3 and the loss are :class:`VoCoTrainer`'s ``compute_pred``/``compute_loss``; zero-grad, autocast (``amp``),
+backward, clipping, the optimizer step and the iteration events are the shared step of
+:class:`~custom_components.engines.step.CustomStepTrainer`. The engine output holds ``loss``, ``loss_pos``,
+``loss_neg``, ``loss_reg`` and ``accuracy`` (detached scalar tensors): the fraction of random crops whose arg-max
+logit is the arg-max of their position label (chance: 1/K).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
+from monai.utils import CommonKeys as Keys
 
 from .ema import EMA
+from .step import CustomStepTrainer, KeysPrepareBatch
 
-__all__ = ["VoCoIteration", "split_crops", "position_accuracy", "evaluate_position_accuracy"]
+__all__ = ["VoCoTrainer", "split_crops", "position_accuracy", "evaluate_position_accuracy"]
 
 
 def _unwrap(net: nn.Module) -> nn.Module:
@@ -40,65 +46,102 @@ def position_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(-1) == labels.argmax(-1)).float().mean().item()
 
 
-class VoCoIteration:
-    """``iteration_update(engine, batch)`` of a :class:`monai.engines.SupervisedTrainer` for VoCo pre-training.
-
-    Args:
-        network: a :class:`custom_components.networks.VoCoHead` (may be DDP-wrapped; its ``teacher`` is used for
-            the ``"repo"`` loss).
-        loss: :class:`custom_components.losses.VoCoLoss`.
-        ema_momentum: teacher momentum (official: 0.9).
-        image_key, labels_key: batch keys (crops ``(B, N + K, C, ...)`` and labels ``(B, N, K)``).
-        grad_clip: max gradient norm (``None``/0: no clipping; the official non-AMP branch clips at 1).
-    """
-
-    def __init__(self, network: nn.Module, loss, ema_momentum: float = 0.9, image_key: str = "image",
-                 labels_key: str = "position", grad_clip: float | None = None) -> None:
-        self.network, self.loss = network, loss
-        head = _unwrap(network)
-        self.teacher = getattr(head, "teacher", None) if loss.needs_teacher else None
-        if loss.needs_teacher and self.teacher is None:
-            raise ValueError("the 'repo' VoCo loss needs a VoCoHead with a teacher (with_teacher=True)")
-        self.ema = None
-        if self.teacher is not None:
-            self.ema = EMA(self.teacher, head.student, decay=ema_momentum, buffers=True)
-        self.image_key, self.labels_key, self.grad_clip = image_key, labels_key, grad_clip
+class _NoEMA:
+    """Checkpoint stand-in of the EMA when the loss needs no teacher (the ``"cvpr"`` form): an empty state."""
 
     def state_dict(self) -> dict:
-        return self.ema.state_dict() if self.ema is not None else {}
+        return {}
 
     def load_state_dict(self, state: Mapping) -> None:
-        if self.ema is not None:
-            self.ema.load_state_dict(dict(state))
+        pass
 
-    def __call__(self, engine, batch: Mapping) -> dict:
-        crops = batch[self.image_key].to(engine.state.device)
-        device = crops.device
-        labels = batch[self.labels_key].to(device).float()
-        b, n = labels.shape[:2]
-        flat = crops.reshape(-1, *crops.shape[2:])
-        engine.network.train()
-        engine.optimizer.zero_grad(set_to_none=True)
-        student = self.network(flat)
-        x_s, b_s = split_crops(student, b, n)
-        x_t = b_t = None
+
+class VoCoTrainer(CustomStepTrainer):
+    """VoCo pre-training trainer: the VoCo forward and loss inside the shared MONAI-style training step of
+    :class:`~custom_components.engines.step.CustomStepTrainer` (AMP with the engine's device type, gradient
+    accumulation, the iteration events in MONAI's order, ``grad_clip`` between backward and optimizer step).
+
+    Wu et al., "VoCo: A Simple-yet-Effective Volume Contrastive Learning Framework for 3D Medical Image Analysis",
+    CVPR 2024 (official code Luffy03/VoCo, "10k" version). Batches hold crops ``(B, N + K, C, X, Y, Z)`` (``N``
+    random crops first, then the ``K`` base crops) and position labels ``(B, N, K)``.
+
+    Args (in addition to those of :class:`~monai.engines.SupervisedTrainer`; ``decollate`` defaults to ``False`` and
+    ``optim_set_to_none`` to ``True``, as the official code):
+        network: a :class:`custom_components.networks.VoCoHead` (may be DDP-wrapped; its ``teacher`` is used for
+            the ``"repo"`` loss).
+        loss_function: :class:`custom_components.losses.VoCoLoss`.
+        ema_momentum: teacher momentum (official: 0.9).
+        image_key, labels_key: batch keys of the crops and the position labels (read by the default
+            ``prepare_batch``, :class:`~custom_components.engines.step.KeysPrepareBatch`).
+        grad_clip: max gradient norm (``None``/0: no clipping; the official non-AMP branch clips at 1); with AMP the
+            gradients are unscaled before clipping.
+
+    Attributes:
+        ema: the teacher's :class:`~custom_components.engines.ema.EMA` (``None`` for the ``"cvpr"`` loss).
+        ema_state: what to save in checkpoints under ``"ema"`` (the EMA, or an empty stand-in without teacher).
+    """
+
+    def __init__(
+        self,
+        device,
+        max_epochs: int,
+        train_data_loader,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_function,
+        ema_momentum: float = 0.9,
+        image_key: str = "image",
+        labels_key: str = "position",
+        grad_clip: float | None = None,
+        **kwargs,
+    ) -> None:
+        head = _unwrap(network)
+        teacher = getattr(head, "teacher", None) if loss_function.needs_teacher else None
+        if loss_function.needs_teacher and teacher is None:
+            raise ValueError("the 'repo' VoCo loss needs a VoCoHead with a teacher (with_teacher=True)")
+        kwargs.setdefault("prepare_batch", KeysPrepareBatch(image_key, labels_key))
+        kwargs.setdefault("decollate", False)
+        kwargs.setdefault("optim_set_to_none", True)
+        super().__init__(device=device, max_epochs=max_epochs, train_data_loader=train_data_loader, network=network,
+                         optimizer=optimizer, loss_function=loss_function, grad_clip=grad_clip, **kwargs)
+        self.teacher = teacher
+        self.ema = EMA(teacher, head.student, decay=ema_momentum, buffers=True) if teacher is not None else None
+        self.ema_state = self.ema if self.ema is not None else _NoEMA()
+        self._step_state: tuple | None = None  # (labels, student, teacher features) from compute_pred to compute_loss
+
+    def compute_pred(self, engine, inputs: torch.Tensor, targets: torch.Tensor, args: tuple, kwargs: dict) -> dict:
+        """Student forward on all ``B * (N + K)`` crops at once (one BatchNorm batch); then, for the ``"repo"`` loss,
+        the EMA update of the teacher from the pre-step student and the teacher forward without gradient.
+
+        Returns:
+            ``{}``: the features are kept for :meth:`compute_loss` only (the engine output holds scalars).
+        """
+        if targets is None:
+            raise ValueError("VoCo batches need position labels (labels_key) next to the crops")
+        flat = inputs.reshape(-1, *inputs.shape[2:])
+        student = engine.inferer(flat, engine.network)
+        teacher = None
         if self.teacher is not None:
             self.ema()  # after the student forward, before the teacher forward: the pre-step student
             with torch.no_grad():
                 self.teacher.train()
-                x_t, b_t = split_crops(self.teacher(flat), b, n)
-        terms = self.loss.terms(x_s, b_s, labels, x_t, b_t)
-        terms["loss"].backward()
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
-        engine.optimizer.step()
-        return {
-            "loss": terms["loss"].item(),
-            "loss_pos": terms["pos"].item(),
-            "loss_neg": terms["neg"].item(),
-            "loss_reg": terms["reg"].item(),
-            "accuracy": position_accuracy(terms["logits"].detach(), labels),
-        }
+                teacher = self.teacher(flat)
+        self._step_state = (targets.float(), student, teacher)
+        return {}
+
+    def compute_loss(self, engine, output: dict) -> torch.Tensor:
+        """:class:`~custom_components.losses.VoCoLoss` terms; the output gets ``loss``, ``loss_pos``, ``loss_neg``,
+        ``loss_reg`` and ``accuracy`` (fraction of random crops whose arg-max logit is the arg-max of their position
+        label; chance 1/K)."""
+        (labels, student, teacher), self._step_state = self._step_state, None
+        b, n = labels.shape[:2]
+        x_s, b_s = split_crops(student, b, n)
+        x_t, b_t = split_crops(teacher, b, n) if teacher is not None else (None, None)
+        terms = engine.loss_function.terms(x_s, b_s, labels, x_t, b_t)
+        output.update({Keys.LOSS: terms["loss"], "loss_pos": terms["pos"], "loss_neg": terms["neg"],
+                       "loss_reg": terms["reg"]})
+        output["accuracy"] = (terms["logits"].detach().argmax(-1) == labels.argmax(-1)).float().mean()
+        return terms["loss"]
 
 
 @torch.no_grad()

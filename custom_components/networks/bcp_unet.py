@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 __all__ = ["UNet2D", "load_official_unet"]
 
@@ -145,8 +146,10 @@ def load_official_unet(network: nn.Module, path: str | os.PathLike) -> nn.Module
     for key in ("state_dict", "model", "net"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
-    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = dict(state)
+    consume_prefix_in_state_dict_if_present(state, "module.")
     unused = ("projection_head", "prediction_head", "contrastive_class_selector")
     state = {k: v for k, v in state.items() if not k.startswith(unused)}
+    # strict load_state_dict, not copy_model_state: that one silently skips missing or mis-shaped keys
     network.load_state_dict(state, strict=True)
     return network

@@ -21,7 +21,9 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from monai.networks.layers import DropPath
+from monai.networks.utils import copy_model_state
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 __all__ = ["LeViTUNet", "load_official_state_dict", "load_levit_imagenet"]
 
@@ -315,7 +317,9 @@ def _load_state_dict(state_dict_or_path: Mapping[str, torch.Tensor] | str | os.P
         if isinstance(sd.get(wrapper), Mapping):
             sd = sd[wrapper]
             break
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+    sd = OrderedDict(sd)
+    consume_prefix_in_state_dict_if_present(sd, "module.")
+    return sd
 
 
 def load_official_state_dict(
@@ -340,6 +344,7 @@ def load_official_state_dict(
         for k in duplicates:
             del sd[k]
         dropped = len(duplicates)
+    # strict load_state_dict, not copy_model_state: that one silently skips missing or mis-shaped keys
     model.load_state_dict(sd, strict=True)
     report = {"loaded": len(sd), "dropped_duplicates": dropped}
     logger.info("Loaded official LeViT-UNet checkpoint: %s", report)
@@ -359,8 +364,7 @@ def load_levit_imagenet(model: LeViTUNet, path_or_state_dict: Mapping[str, torch
     sd = _load_state_dict(path_or_state_dict)
     stage_of = {k: name for name in ("block_1", "block_2", "block_3") for k in getattr(model, name)._modules}
     stem = {"2": "cnn_b2.0", "4": "cnn_b3.0", "6": "cnn_b4.0"}
-    target = model.state_dict()
-    remapped: dict[str, torch.Tensor] = {}
+    renamed: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         match = re.fullmatch(r"(patch_embed|blocks)\.(\d+)\.(.+)", key)
         if match is None:
@@ -370,9 +374,9 @@ def load_levit_imagenet(model: LeViTUNet, path_or_state_dict: Mapping[str, torch
             new_prefix = stem.get(index)
         else:
             new_prefix = f"{stage_of[index]}.{index}" if index in stage_of else None
-        new_key = f"{new_prefix}.{rest}"
-        if new_prefix is not None and new_key in target and target[new_key].shape == value.shape:
-            remapped[new_key] = value
-    model.load_state_dict(remapped, strict=False)
-    logger.info("Loaded %d of %d ImageNet LeViT keys into the encoder.", len(remapped), len(sd))
-    return len(remapped)
+        if new_prefix is not None:
+            renamed[f"{new_prefix}.{rest}"] = value
+    # copies only the keys the model has with an equal shape and leaves the rest of the model as it is
+    _, updated, _ = copy_model_state(model, renamed, inplace=True)
+    logger.info("Loaded %d of %d ImageNet LeViT keys into the encoder.", len(updated), len(sd))
+    return len(updated)

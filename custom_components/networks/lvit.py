@@ -82,8 +82,8 @@ class _Attention(nn.Module):
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # softmax(q k^T * scale) v, fused
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
 class _Mlp(nn.Module):
@@ -131,7 +131,13 @@ class _PatchEmbed(nn.Module):
 
 
 class _Reconstruct(nn.Module):
-    """Tokens ``[B, N, C]`` -> ``[B, C, g, g]`` -> nearest upsample x``scale`` -> Conv1x1 (bias) + BN + ReLU."""
+    """Tokens ``[B, N, C]`` -> ``[B, C, g, g]`` -> nearest upsample x``scale`` -> Conv1x1 (bias) + BN + ReLU.
+
+    The 1x1 convolution, the BN (whose batch statistics of a nearest-upsampled map are those of the map itself) and
+    the ReLU act per pixel, so they commute with the nearest upsampling: :meth:`forward` computes them on the
+    ``g x g`` grid and returns ``[B, C, g, g]``; :func:`_add_upsampled` adds it, upsampled, onto the CNN map. Only
+    the running variance depends on the pixel count (its unbiased correction), which is taken at full size.
+    """
 
     def __init__(self, dim: int, scale: int) -> None:
         super().__init__()
@@ -139,23 +145,77 @@ class _Reconstruct(nn.Module):
         self.conv = nn.Conv2d(dim, dim, 1)
         self.norm = nn.BatchNorm2d(dim)
 
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.norm`` applied to the ``scale``-times nearest-upsampled ``x``, at ``x``'s size."""
+        bn = self.norm
+        running_mean, running_var, tracked = bn.running_mean, bn.running_var, bn.num_batches_tracked
+        if not bn.training and running_mean is not None and running_var is not None:
+            return bn(x)  # per-channel affine with the running statistics
+        var, mean = torch.var_mean(x, dim=[0, 2, 3], unbiased=False)
+        y = (x - mean[None, :, None, None]) * torch.rsqrt(var + bn.eps)[None, :, None, None]
+        if bn.weight is not None and bn.bias is not None:
+            y = y * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+        if bn.training and running_mean is not None and running_var is not None and tracked is not None:
+            with torch.no_grad():
+                tracked.add_(1)
+                momentum = bn.momentum
+                factor = 1.0 / float(tracked.item()) if momentum is None else momentum
+                n = x.shape[0] * x.shape[2] * x.shape[3] * self.scale * self.scale  # pixels of the upsampled map
+                running_mean.mul_(1.0 - factor).add_(mean.detach() * factor)
+                running_var.mul_(1.0 - factor).add_(var.detach() * (factor * n / max(n - 1, 1)))
+        return y
+
     def forward(self, u: torch.Tensor, grid: int) -> torch.Tensor:
         x = u.transpose(1, 2).reshape(u.shape[0], u.shape[2], grid, grid)
-        x = F.interpolate(x, scale_factor=float(self.scale), mode="nearest")
-        return torch.relu(self.norm(self.conv(x)))
+        return torch.relu(self._norm(self.conv(x)))
+
+
+def _add_upsampled(x: torch.Tensor, r: torch.Tensor, scale: int) -> torch.Tensor:
+    """``x + nearest_upsample(r, scale)`` without materialising the upsampled ``r`` (a broadcast add)."""
+    b, c, g = r.shape[0], r.shape[1], r.shape[2]
+    out = x.reshape(b, c, g, scale, g, scale) + r.reshape(b, c, g, 1, g, 1)
+    return out.reshape(x.shape)
+
+
+def _up2_taps(k: torch.Tensor, dim: int) -> torch.Tensor:
+    """3 taps ``(k0, k1, k2)`` along ``dim`` -> the 4 taps ``(k2, k1 + k2, k0 + k1, k0)`` of the x2 transposed kernel."""
+    k0, k1, k2 = k.unbind(dim)
+    return torch.stack([k2, k1 + k2, k0 + k1, k0], dim)
+
+
+def _conv3x3_of_nearest_up2(u: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``conv2d(nearest_upsample(u, 2), weight, padding=1)`` (3x3 kernel, no bias) computed from ``u`` directly.
+
+    Output row ``r`` reads upsampled rows ``r - 1 .. r + 1``, i.e. input rows ``(r - 1) // 2 .. (r + 1) // 2``:
+    input row ``i`` reaches output rows ``2i - 1 .. 2i + 2`` with the summed kernel rows ``w2, w1 + w2, w0 + w1,
+    w0`` (likewise for columns). That is one stride-2 transposed convolution of ``u`` with a 4x4 kernel (padding 1):
+    16 instead of 36 multiply-adds per input-output channel pair and input pixel, and neither the upsampled map
+    nor its gradient is built. The zero padding of the upsampled map is the transposed convolution's border.
+    """
+    kernel = _up2_taps(_up2_taps(weight, 2), 3).transpose(0, 1).contiguous()  # [Ci, Co, 4, 4]
+    return F.conv_transpose2d(u, kernel, stride=2, padding=1)
 
 
 class _Up(nn.Module):
-    """Nearest x2 of the deeper map ``u``; ``cat[PLAM(skip), u]``; two conv-BN-ReLU."""
+    """Nearest x2 of the deeper map ``u``; ``cat[PLAM(skip), u]``; two conv-BN-ReLU.
+
+    The first convolution is split along its input channels: the skip half as a 3x3 convolution, the upsampled half
+    on ``u``'s grid (:func:`_conv3x3_of_nearest_up2`), so neither the upsampled map nor the concatenation is built.
+    """
 
     def __init__(self, cin: int, cout: int, skip_channels: int, plam_sigmoid: bool = False) -> None:
         super().__init__()
         self.plam = PLAM(skip_channels, sigmoid=plam_sigmoid)
         self.convs = nn.Sequential(_cbr(cin, cout), _cbr(cout, cout))
+        self.skip_channels = skip_channels
 
     def forward(self, u: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        u = F.interpolate(u, scale_factor=2.0, mode="nearest")
-        return self.convs(torch.cat([self.plam(skip), u], dim=1))
+        first = self.convs[0]
+        conv = first[0]
+        cs = self.skip_channels
+        x = F.conv2d(self.plam(skip), conv.weight[:, :cs].contiguous(), conv.bias, padding=1)
+        x = x + _conv3x3_of_nearest_up2(u, conv.weight[:, cs:])
+        return self.convs[1](first[2](first[1](x)))
 
 
 class LViT(nn.Module):
@@ -289,10 +349,10 @@ class LViT(nn.Module):
         u2 = self.up_blocks[1](y2) + self.up_ctbn[1](u3)
         u1 = self.up_blocks[0](y1) + self.up_ctbn[0](u2)
         skips = [
-            x1 + self.reconstruct[0](u1, self.grid),
-            x2 + self.reconstruct[1](u2, self.grid),
-            x3 + self.reconstruct[2](u3, self.grid),
-            x4 + self.reconstruct[3](u4, self.grid),
+            _add_upsampled(x1, self.reconstruct[0](u1, self.grid), self.reconstruct[0].scale),
+            _add_upsampled(x2, self.reconstruct[1](u2, self.grid), self.reconstruct[1].scale),
+            _add_upsampled(x3, self.reconstruct[2](u3, self.grid), self.reconstruct[2].scale),
+            _add_upsampled(x4, self.reconstruct[3](u4, self.grid), self.reconstruct[3].scale),
         ]
         xs = [x1, x2, x3, x4, x5]
 

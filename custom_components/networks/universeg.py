@@ -24,7 +24,9 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from monai.networks.utils import copy_model_state
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 __all__ = ["CrossConv2d", "CrossBlock", "UniverSeg", "load_universeg_state_dict"]
 
@@ -56,14 +58,26 @@ class CrossConv2d(nn.Conv2d):
         super().__init__(cx + cy, out_channels, kernel_size=kernel_size, padding=padding, bias=bias)
         self.group_channels = (cx, cy)
 
+    def split(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two halves of every pair's convolution, never materialising the ``Sx * Sy`` pairs.
+
+        A convolution of a channel concatenation is the sum of the convolutions of its parts with the matching
+        slices of the weight, so ``out[b, i, j] = a[b, i] + c[b, j]`` with ``a = conv(x, W[:, :Cx]) + bias``
+        ``(B, Sx, out, H', W')`` and ``c = conv(y, W[:, Cx:])`` ``(B, Sy, out, H', W')``: each group element is
+        convolved once instead of once per pair (the group axis is folded into the batch).
+        """
+        cx = self.group_channels[0]
+        b, sx, sy = x.shape[0], x.shape[1], y.shape[1]
+        a = F.conv2d(x.flatten(0, 1), self.weight[:, :cx], self.bias, self.stride, self.padding, self.dilation)
+        c = F.conv2d(y.flatten(0, 1), self.weight[:, cx:], None, self.stride, self.padding, self.dilation)
+        return (
+            a.reshape(b, sx, a.shape[1], a.shape[2], a.shape[3]),
+            c.reshape(b, sy, c.shape[1], c.shape[2], c.shape[3]),
+        )
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        b, sx, cx, h, w = x.shape
-        sy, cy = y.shape[1], y.shape[2]
-        xs = x.unsqueeze(2).expand(b, sx, sy, cx, h, w)
-        ys = y.unsqueeze(1).expand(b, sx, sy, cy, h, w)
-        pairs = torch.cat([xs, ys], dim=3).reshape(b * sx * sy, cx + cy, h, w)
-        out = F.conv2d(pairs, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        return out.reshape(b, sx, sy, out.shape[1], out.shape[2], out.shape[3])
+        a, c = self.split(x, y)
+        return a.unsqueeze(2) + c.unsqueeze(1)
 
 
 class _CrossOp(nn.Module):
@@ -110,6 +124,9 @@ class CrossBlock(nn.Module):
     - ``q' = LeakyReLU(Conv_target(mean_i z_i))``;
     - ``s'_i = LeakyReLU(Conv_support(z_i))``, one convolution shared over ``i``.
 
+    The pairs are never built: ``z_i = a + c_i`` with the query half ``a`` convolved once and each support half
+    ``c_i`` once (see :meth:`CrossConv2d.split`); without the support output only ``a + mean_i c_i`` is formed.
+
     Args:
         in_channels: ``(Cq, Cs)``, channels of the query and of the support features.
         channels: output channels of all three convolutions.
@@ -131,14 +148,20 @@ class CrossBlock(nn.Module):
     def forward(
         self, q: torch.Tensor, s: torch.Tensor, compute_support: bool = True
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        z = self.cross(q, s)  # (B, S, C, H, W)
-        if self.cross_activation:
-            z = F.leaky_relu(z, 0.01)
-        q_out = self.target(z.mean(dim=1, keepdim=True))
-        s_out: Optional[torch.Tensor] = None
-        if compute_support:
-            s_out = self.support(z)
-        return q_out, s_out
+        if self.cross_activation:  # the activation sits between the pairs and their mean: build every pair
+            z = F.leaky_relu(self.cross(q, s), 0.01)  # (B, S, C, H, W)
+            q_out = self.target(z.mean(dim=1, keepdim=True))
+            s_out: Optional[torch.Tensor] = None
+            if compute_support:
+                s_out = self.support(z)
+            return q_out, s_out
+        # z_i = a + c_i (a: the query half with the bias, c_i: the support halves), computed without the pairs
+        a, c = self.cross.cross_conv.split(q, s)  # (B, 1, C, H, W), (B, S, C, H, W)
+        if not compute_support:
+            # only mean_i z_i = a + mean_i c_i is needed; for a support already averaged (S = 1) this is a + c
+            return self.target(a + c.mean(dim=1, keepdim=True)), None
+        z = a + c
+        return self.target(z.mean(dim=1, keepdim=True)), self.support(z)
 
 
 class _OutConv(nn.Module):
@@ -159,7 +182,10 @@ class UniverSeg(nn.Module):
     their outputs kept as skips) and three decoder blocks (bilinear x2 upsampling with ``align_corners=True``,
     concatenation with the skip on each path, then a block), and a 1x1 head on the query. The support path of the
     last decoder block is never used, so it is not computed; its weights are kept so that the state dict is the
-    official one. There is no normalisation layer.
+    official one. That block's query update needs only the support mean of its cross convolution, which is linear
+    in the support, so the support features are averaged before the upsampling, concatenation and convolution
+    (equal up to float rounding; with ``cross_activation`` the pairs are built as before). There is no
+    normalisation layer.
 
     Forward::
 
@@ -202,6 +228,7 @@ class UniverSeg(nn.Module):
             )
         self.encoder_channels = tuple(enc)
         self.decoder_channels = tuple(dec)
+        self.cross_activation = bool(cross_activation)
         self.depth = len(dec)
         self.enc_blocks = nn.ModuleList()
         cq, cs = 1, 2  # query: image; support: image + label
@@ -282,8 +309,13 @@ class UniverSeg(nn.Module):
         for i, block in enumerate(self.dec_blocks):
             q_skip, s_skip = skips[n_dec - 1 - i]
             q = torch.cat([_upsample(q), q_skip], dim=2)
-            s = torch.cat([_upsample(s), s_skip], dim=2)
             last = i == n_dec - 1
+            if last and not self.cross_activation:
+                # the last block only needs the support mean of its cross convolution, which is linear in the
+                # support (as are the upsampling and the concatenation): average first, convolve one map
+                s = torch.cat([_upsample(s.mean(dim=1, keepdim=True)), s_skip.mean(dim=1, keepdim=True)], dim=2)
+            else:
+                s = torch.cat([_upsample(s), s_skip], dim=2)
             q, s_opt = block(q, s, not last)
             if s_opt is not None:
                 s = s_opt
@@ -328,9 +360,8 @@ def _unwrap(obj) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
         raise RuntimeError(f"expected a state dict (a mapping of tensors), got {type(obj).__name__}")
-    out = OrderedDict()
-    for k, v in obj.items():
-        out[k[len("module.") :] if k.startswith("module.") else k] = v
+    out = OrderedDict(obj)
+    consume_prefix_in_state_dict_if_present(out, "module.")  # DataParallel/DDP prefixes
     return out
 
 
@@ -356,12 +387,15 @@ def load_universeg_state_dict(
         obj = state_dict_or_path
     sd = _unwrap(obj)
     own = model.state_dict()
-    missing = [k for k in own if k not in sd]
+    # copy_model_state matches keys and shapes; whatever it leaves unchanged is either missing or mis-shaped
+    merged, updated, unchanged = copy_model_state(model, sd, inplace=False)
+    not_updated = set(unchanged)
+    missing = [k for k in own if k in not_updated and k not in sd]
     unexpected = [k for k in sd if k not in own]
     mis_shaped = [
         f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
         for k in own
-        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
+        if k in not_updated and k in sd
     ]
     if missing or unexpected or mis_shaped:
         lines = [f"missing: {k}" for k in missing] + [f"unexpected: {k}" for k in unexpected]
@@ -370,6 +404,6 @@ def load_universeg_state_dict(
             f"the checkpoint does not match UniverSeg(encoder_channels={list(model.encoder_channels)}, "
             f"decoder_channels={list(model.decoder_channels)}):\n  " + "\n  ".join(lines)
         )
-    model.load_state_dict(sd, strict=True)
-    logger.info("loaded %d UniverSeg tensors", len(sd))
-    return len(sd)
+    model.load_state_dict(merged, strict=True)
+    logger.info("loaded %d UniverSeg tensors", len(updated))
+    return len(updated)

@@ -183,7 +183,7 @@ class VoCoHead(nn.Module):
         with_teacher: ``False`` builds the single-network form of the CVPR paper (``teacher`` is ``None``).
 
     ``forward(crops)`` returns the student's projected features ``(N, out_dim)``; the pre-training iteration
-    (:class:`custom_components.engines.voco.VoCoIteration`) runs the teacher itself under ``torch.no_grad``.
+    (:class:`custom_components.engines.voco.VoCoTrainer`) runs the teacher itself under ``torch.no_grad``.
     ``state_dict`` keys: ``student.<SwinUNETR name>``, ``student.proj_head.*``, ``teacher.*``.
     """
 
@@ -235,11 +235,10 @@ def save_voco_backbone(network: nn.Module, path: str | os.PathLike, source: str 
     """Write the backbone as a plain state dict that loads into ``SwinUNETR(use_v2=True)`` (rank 0 only)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
         return None
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    from ..data.synthetic.io import save_torch_atomically
+
     state = voco_backbone_state_dict(network, source)
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    save_torch_atomically(state, path)  # a crash never leaves a truncated file
     logger.info(f"VoCo backbone ({len(state)} tensors, {source}) saved to {path}")
     return str(path)
 

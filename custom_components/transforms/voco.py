@@ -17,9 +17,8 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
-from monai.transforms import Compose, MapTransform, RandFlip, Randomizable, RandRotate90, RandShiftIntensity
+from monai.transforms import Compose, MapTransform, RandFlip, Randomizable, RandRotate90, RandShiftIntensity, Resize
 
 __all__ = ["base_crop_boxes", "position_labels", "VoCoCropsd"]
 
@@ -108,8 +107,9 @@ class VoCoCropsd(Randomizable, MapTransform):
         size = tuple(int(s) for s in np.broadcast_to(np.asarray(self.spatial_size), (crop.ndim - 1,)))
         if tuple(crop.shape[1:]) == size:
             return crop
-        return F.interpolate(crop[None], size=size, mode="trilinear" if len(size) == 3 else "bilinear",
-                             align_corners=True)[0]
+        # "bilinear" is trilinear on a 3D crop; a plain tensor again, so the augmentations see what they saw before
+        resized = Resize(size, mode="bilinear", align_corners=True, dtype=torch.float32)(crop)
+        return torch.as_tensor(resized).as_subclass(torch.Tensor)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)

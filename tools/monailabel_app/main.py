@@ -5,13 +5,15 @@ becomes one infer task and one train task named after the folder. Nothing is dow
 ``--conf models`` that is not there is an error, whatever ``zoo_source`` says.
 
 The infer task runs the bundle's own ``configs/inference.json`` (``monai.bundle.ConfigWorkflow``) on the request's
-image with ``input``, ``output_dir`` and ``bundle_root`` set by the app; request parameters that name a top-level
-key of the config override it (``support_dir`` for UniverSeg's support folder, ``text``/``text_mode`` for a
-text-guided model, ``threshold``, ...). The train task runs ``configs/train.json`` (``python -m monai.bundle run``)
-in a subprocess, on the bundle's own ``dataset_dir`` (its synthetic demo data unless real data was converted
-there) or, with ``dataset="datastore"``, on the labeled images of the studies folder; request parameters override
-top-level keys the same way (``max_epochs``, ``epoch_length``, ``val_interval``, ``learning_rate``, ...).
-The weights are ``models/model.pt`` of the bundle; training writes there, so the next inference uses them.
+image with ``input``, ``output_dir`` and ``bundle_root`` set by the app. The train task runs ``configs/train.json``
+(``python -m monai.bundle run``, built by ``custom_components.utils.bundle_command``) in a subprocess, on the
+bundle's own ``dataset_dir`` (its synthetic demo data unless real data was converted there) or, with
+``dataset="datastore"``, on the labeled images of the studies folder. A request sets only what the bundle declares
+in its metadata's ``monailabel`` section (``infer_params``, ``train_params``; ``named_paths``: a name the server looks
+up among its own folders, e.g. UniverSeg's ``support_set``); any other key of the bundle's config, every path and
+every expression is refused (see ``bundle_config.py``). The weights are ``models/model.pt`` of the bundle; training
+writes there, so the next inference uses them. An inference that fails on bad input answers with the message
+naming the file (MONAI Label's INVALID_INPUT), and writes nothing.
 
 Start (see docs/README.md of a bundle, "Use in MONAI Label")::
 
@@ -42,6 +44,8 @@ from typing import Any, Dict
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bundle_config as bc  # noqa: E402
+from custom_components.data.validation import input_error_message  # noqa: E402
+from custom_components.utils import bundle_command, bundle_env  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException  # noqa: E402
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType  # noqa: E402
@@ -78,6 +82,11 @@ class BundleWorkflowInferTask(InferTask):
         self.files = bc.config_files(self.path, "inference", quick)
         self.meta_file = os.path.join(self.path, "configs", "metadata.json")
         self.top = bc.top_level_config(self.files)
+        self.allowed = bc.request_params(self.path, "infer")
+        try:
+            bc.check_declaration(self.top, self.allowed, bc.named_paths(self.path), source=f"{self.name} infer")
+        except ValueError as e:
+            raise MONAILabelException(MONAILabelError.APP_INIT_ERROR, str(e)) from e
         meta = bc.read_json(self.meta_file)
         section = meta.get(bc.METADATA_SECTION, {})
         image = next(iter(meta["network_data_format"]["inputs"].values()))
@@ -98,7 +107,9 @@ class BundleWorkflowInferTask(InferTask):
     def info(self) -> Dict[str, Any]:
         i = super().info()
         i["version"] = self.version
-        i["params"] = bc.overridable_keys(self.top)
+        named = bc.named_paths(self.path)
+        i["params"] = {k: (f"{d} (one of: {', '.join(named[k]['choices']) or 'none set up'})" if k in named else d)
+                       for k, d in self.allowed.items()}
         return i
 
     def __call__(self, request):
@@ -108,7 +119,7 @@ class BundleWorkflowInferTask(InferTask):
         if not image or not os.path.exists(str(image)):
             raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"{self.name}: input image not found: {image}")
         try:
-            overrides = bc.request_overrides(self.top, request)
+            overrides = bc.request_overrides(self.top, request, self.allowed, bc.named_paths(self.path))
         except ValueError as e:
             raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"{self.name}: {e}") from e
         out_dir = tempfile.mkdtemp(prefix=f"monailabel_{self.name}_")
@@ -125,9 +136,15 @@ class BundleWorkflowInferTask(InferTask):
                     output_dir=out_dir,
                     **overrides,
                 )
-                workflow.initialize()
-                workflow.run()
-                workflow.finalize()
+                try:
+                    workflow.initialize()
+                    workflow.run()
+                    workflow.finalize()
+                except Exception as e:
+                    message = input_error_message(e)
+                    if message is None:
+                        raise
+                    raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"{self.name}: {message}") from e
             written = bc.find_prediction(out_dir)
             suffix = ".nii.gz" if written.endswith(".nii.gz") else os.path.splitext(written)[1]
             fd, result = tempfile.mkstemp(suffix=suffix, prefix=f"{self.name}_")
@@ -146,9 +163,11 @@ class BundleWorkflowTrainTask(TrainTask):
 
     Request keys of its own: ``quick`` (add ``configs/quick.json``), ``dataset`` (``"bundle"``: the bundle's own
     ``dataset_dir``, default; ``"datastore"``: the studies folder's labeled images as a training/validation
-    datalist, for bundles whose metadata declares ``monailabel.train_datastore``). Other keys naming a top-level key
-    of the train config override it.
+    datalist, for bundles whose metadata declares ``monailabel.train_datastore``). Otherwise only the keys the bundle
+    declares (``monailabel.train_params``, ``named_paths``) override its train config.
     """
+
+    OWN_KEYS = ("quick", "dataset")
 
     def __init__(self, path: str, quick: bool = False, timeout: float | None = None):
         super().__init__(f"Train {os.path.basename(path)} with its configs/train.json")
@@ -156,11 +175,17 @@ class BundleWorkflowTrainTask(TrainTask):
         self.name = os.path.basename(self.path)
         self.quick = quick
         self.timeout = timeout
-        bc.config_files(self.path, "train", quick)  # raises when the bundle cannot train
+        files = bc.config_files(self.path, "train", quick)  # raises when the bundle cannot train
+        self.allowed = bc.request_params(self.path, "train")
+        try:
+            bc.check_declaration(bc.top_level_config(files), self.allowed, bc.named_paths(self.path),
+                                 source=f"{self.name} train")
+        except ValueError as e:
+            raise MONAILabelException(MONAILabelError.APP_INIT_ERROR, str(e)) from e
         self.bundle_path = None  # not a monailabel BundleTrainTask: no scripts/ folder to put on PYTHONPATH
 
     def config(self):
-        return {"quick": self.quick, "dataset": "bundle", "max_epochs": "", "val_interval": ""}
+        return {"quick": self.quick, "dataset": "bundle", **{k: "" for k in self.allowed}}
 
     def is_valid(self) -> bool:
         return True
@@ -173,7 +198,7 @@ class BundleWorkflowTrainTask(TrainTask):
         files = bc.config_files(self.path, "train", quick)
         top = bc.top_level_config(files)
         try:
-            overrides = bc.request_overrides(top, request)
+            overrides = bc.request_overrides(top, request, self.allowed, bc.named_paths(self.path), self.OWN_KEYS)
         except ValueError as e:
             raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"{self.name}: {e}") from e
         # the bundle's declared MONAI Label defaults, then a fresh run (each train request trains; a finished run in
@@ -211,14 +236,16 @@ class BundleWorkflowTrainTask(TrainTask):
             with open(override_file, "w") as f:
                 json.dump(overrides, f, indent=2)
             logging_conf = os.path.join(self.path, "configs", "logging.conf")
-            cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(files + [override_file])]
-            cmd += ["--meta_file", os.path.join(self.path, "configs", "metadata.json")]
+            args = {"meta_file": os.path.join(self.path, "configs", "metadata.json")}
             if os.path.isfile(logging_conf):
-                cmd += ["--logging_file", logging_conf]
+                args["logging_file"] = logging_conf
+            # the values travel in a JSON file, not on the command line; they were checked to be plain values
+            cmd = bundle_command(files + [override_file], args)
             logger.info(f"{self.name}: training: {' '.join(cmd)}; overrides {overrides}")
             start = time.time()
             proc = subprocess.Popen(
-                cmd, cwd=self.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+                cmd, cwd=self.path, env=bundle_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True, bufsize=1,
             )
             tail: list = []
             cause: list = []

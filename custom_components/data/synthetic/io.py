@@ -1,4 +1,5 @@
-"""Writing synthetic (or converted) datasets: NIfTI, PNG, datalist JSON, atomic dataset folders.
+"""Writing synthetic (or converted) datasets: NIfTI, PNG, datalist JSON, atomic dataset folders; the atomic
+file writer (:func:`atomic_write`, :func:`save_torch_atomically`) that checkpoints and weights files also use.
 
 Orientation of NIfTI files
 --------------------------
@@ -24,7 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["nifti_affine", "write_nifti", "write_png", "write_datalist", "build_dataset_atomically"]
+__all__ = [
+    "nifti_affine", "write_nifti", "write_png", "write_datalist", "build_dataset_atomically", "atomic_write",
+    "save_torch_atomically",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,19 +70,50 @@ def _default_mode(base: int) -> int:
     return base & ~umask
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary sibling of ``path``, then rename it onto ``path``."""
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to the disk; a no-op where the OS cannot open a folder."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write) -> str:
+    """Call ``write(tmp_path)`` on a temporary sibling of ``path``, then rename it onto ``path``.
+
+    The temporary file (``.<name>.<random>.tmp`` in the same folder) is flushed to the disk before the rename
+    (``os.replace``) and the folder after it, so ``path`` is at every moment either its previous content or the
+    complete new one, also after a crash or a ``kill -9``. When ``write`` raises, the temporary file is removed and
+    ``path`` is left as it was. A process killed during ``write`` leaves the temporary file behind (never a
+    file of the final name).
+
+    Returns:
+        ``path``, as a string.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         os.chmod(tmp, _default_mode(0o666))  # mkstemp creates 0600
         write(Path(tmp))
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _fsync(path.parent)
+    return str(path)
+
+
+def save_torch_atomically(obj, path: str | os.PathLike, **kwargs) -> str:
+    """``torch.save(obj, path, **kwargs)`` through :func:`atomic_write`: a crash never leaves a truncated file."""
+    import torch
+
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp, **kwargs))
 
 
 def write_nifti(
@@ -176,7 +211,7 @@ def write_datalist(path: str | os.PathLike, datalist: dict) -> str:
             f.flush()
             os.fsync(f.fileno())
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return str(path)
 
 
