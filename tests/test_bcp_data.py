@@ -116,3 +116,53 @@ def test_convert_la_h5(tmp_path):
     assert [it["patient"] for it in data["test"]] == ["CASE05", "CASE06"]
     with pytest.raises(ValueError):
         convert_la_h5(root, tmp_path / "out2", num_labeled=5, num_validation=1)
+
+
+# ---------------------------------------------------------------------------------------------- 2D batch composition
+def test_slice_items_one_item_per_slice(tmp_path):
+    from custom_components.data.acdc import slice_items
+
+    path = generate_acdc_synthetic(tmp_path / "acdc", num_labeled=2, num_unlabeled=1, num_validation=0, num_test=0,
+                                   shape=(16, 16, 3))
+    lab, _ = split_first_patients(path)
+    items = slice_items(lab)
+    assert [(it["patient"], it["slice"]) for it in items] == [(p, z) for p in ("patient000", "patient001")
+                                                               for z in range(3)]
+    assert all(it["image"] == lab[0]["image"] for it in items[:3])
+
+
+def test_2d_streams_draw_independent_slices_and_keep_the_patient_split(tmp_path):
+    """Official ACDC batches are slices drawn independently from the slice list, so each half (La, Lb, Ua, Ub) mixes
+    slices of several volumes; the labeled/unlabeled split stays by patient."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+    from monai.utils import set_determinism
+
+    cfg = Path(__file__).resolve().parents[1] / "bundles" / "bcp_acdc_segmentation" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(cfg / "train.json"), str(cfg / "quick.json")])
+    parser.update({"bundle_root": str(tmp_path), "img_size": 32, "batch_size": 8, "num_labeled": 3,
+                   "synthetic_data#num_labeled": 3, "synthetic_data#num_unlabeled": 3,
+                   "synthetic_data#num_validation": 1, "synthetic_data#num_test": 0,
+                   "synthetic_data#shape": [32, 32, 6]})
+    set_determinism(0)
+    from custom_components.data import ensure_dataset
+
+    ensure_dataset(parser.get_parsed_content("dataset_dir"), parser.get_parsed_content("synthetic_data"))
+    labeled = {"patient000", "patient001", "patient002"}
+    for key, allowed in (("train#dataloader", labeled), ("train#unlabeled_dataloader", None)):
+        loader = parser.get_parsed_content(key)
+        assert len(loader.dataset) == 18  # 3 patients x 6 slices
+        mixed_halves = 0
+        for batch in list(loader)[:2]:
+            assert batch["image"].shape == (8, 1, 32, 32)
+            patients, slices = list(batch["patient"]), batch["slice"].tolist()
+            assert len(set(zip(patients, slices))) == 8  # 8 different slices
+            if allowed is not None:
+                assert set(patients) <= allowed
+                assert batch["label"].shape == (8, 1, 32, 32)
+            else:
+                assert not set(patients) & labeled and "label" not in batch
+            mixed_halves += sum(len(set(half)) > 1 for half in (patients[:4], patients[4:]))
+        assert mixed_halves >= 3  # halves are not one volume each (as 2 volumes x 6 slices made them)

@@ -236,6 +236,19 @@ def stages_to_run(
     return plan
 
 
+def _check_batches(trainer, stage: str) -> None:
+    """Raise when the labeled loader has no batch per process (ignite would otherwise fail later, obscurely)."""
+    try:
+        n = len(trainer.data_loader)
+    except TypeError:  # an iterable without a length
+        return
+    if n == 0:
+        raise ValueError(
+            f"{stage}: the labeled data loader yields no batch: each process needs at least batch_size labeled items "
+            "(2D: slices) per epoch, with drop_last; lower batch_size or raise labeled_repeats"
+        )
+
+
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -260,6 +273,7 @@ def run_pretrain(
         return None
     if select_on not in ("val", "last"):
         raise ValueError(f"select_on must be 'val' or 'last', got {select_on!r}")
+    _check_batches(trainer, "stage 1")
     folder = Path(ckpt_dir)
     make_resumable(trainer, folder, objects, resume=resume)
     logger.info(f"stage 1 (copy-paste pre-training): {trainer.state.max_epochs} epochs, checkpoints in {folder}")
@@ -298,6 +312,7 @@ def run_selftrain(
     skipped when stage 2 resumes its own checkpoint), make it resumable and run it."""
     if trainer is None:
         return
+    _check_batches(trainer, "stage 2")
     load_pretrained(pretrained_ckpt, network, teacher, resume_dir=ckpt_dir if resume else None, optimizer=optimizer)
     make_resumable(trainer, ckpt_dir, objects, resume=resume)
     logger.info(f"stage 2 (bidirectional self-training): {trainer.state.max_epochs} epochs, checkpoints in {ckpt_dir}")

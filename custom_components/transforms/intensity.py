@@ -5,20 +5,15 @@ in training, evaluation and inference alike; its preprocessing has one :class:`I
 normalisation used to be hard-wired. The value is a plain literal (never code), given in the config or on the
 command line (``--intensity percentile``, ``--intensity "{'mode': 'window', 'range': [0, 255]}"``):
 
-=============  =====================================================  ===============================================
-mode           what it does (MONAI transform)                          parameters (defaults)
-=============  =====================================================  ===============================================
-``window``     clip to a fixed range, scale it to [0, 1]               ``range`` ``[lo, hi]`` (LeViT-UNet and VoCo:
-               (``ScaleIntensityRanged``, ``clip=True``)               their ``hu_window``)
-``minmax``     per image/volume min-max to [0, 1] (``ScaleIntensityd``) -
-``percentile`` clip to per-image percentiles, scale them to [0, 1]     ``lower`` 0.5, ``upper`` 99.5
-               (``ScaleIntensityRangePercentilesd``, ``clip=True``)
-``zscore``     zero mean, unit variance over the nonzero voxels        -
-               (``NormalizeIntensityd(nonzero=True)``)
-``scale``      divide by a constant, no clipping                        ``divisor`` 255 (8-bit images)
-               (``ScaleIntensityRanged`` from ``[0, divisor]``)
-``none``       nothing (inputs already normalised)                      -
-=============  =====================================================  ===============================================
+- ``window``: clip to a fixed range and scale it to [0, 1] (``ScaleIntensityRange``, ``clip=True``); parameter
+  ``range`` ``[lo, hi]`` (LeViT-UNet and VoCo: their ``hu_window`` when the value gives none);
+- ``minmax``: per image/volume min-max to [0, 1] (``ScaleIntensity``);
+- ``percentile``: clip to the image's percentiles and scale them to [0, 1] (``ScaleIntensityRangePercentiles``,
+  ``clip=True``); parameters ``lower`` (0.5) and ``upper`` (99.5);
+- ``zscore``: zero mean and unit variance over the nonzero voxels (``NormalizeIntensity(nonzero=True)``);
+- ``scale``: divide by a constant, no clipping (``ScaleIntensityRange`` from ``[0, divisor]``); parameter
+  ``divisor`` (255: 8-bit images);
+- ``none``: nothing (inputs already normalised).
 
 A value is a mode name, a dict ``{"mode": ..., <parameters>}``, or a two-number list (a window range).
 

@@ -23,7 +23,26 @@ Start (see docs/README.md of a bundle, "Use in MONAI Label")::
 ``--conf`` keys: ``models`` (comma separated folder names, or ``all``), ``model_dir``, ``zoo_source`` (kept for the
 ``monaibundle`` convention; never used to fetch), ``quick`` (``true``: add each bundle's ``configs/quick.json``
 overlay to inference and training; models trained that way need it at inference too), ``skip_trainers``,
-``train_timeout`` (seconds).
+``train_timeout`` (seconds), ``seg_python`` (see below), ``dicomweb_modality`` (see below).
+
+The hospital set-up: ``--studies http://pacs:8042/dicom-web`` serves the PACS's series over DICOMweb (MONAI Label's
+own ``DICOMWebDatastore``: QIDO-RS lists the series, a request names one by its SeriesInstanceUID, WADO-RS fetches it
+into the cache and MONAI Label converts it to NIfTI for the bundle). What this app changes there:
+
+- nothing is downloaded at start-up: MONAI Label would fetch dcmqi's ``itkimage2segimage`` from GitHub, which an
+  offline server cannot (and this app does not use);
+- the series listed are the PACS's image series of every modality (MONAI Label lists CT only by default), leaving
+  out results and documents (SEG, SR, RTSTRUCT, ...); ``--conf dicomweb_modality MR`` lists one modality only, and
+  a ``MONAI_LABEL_DICOMWEB_SEARCH_FILTER`` other than MONAI Label's default (CT only) is used as it is;
+- a label saved as final (``PUT /datastore/label?image=<SeriesInstanceUID>&tag=final``, or an inference with
+  ``save_label`` and ``label_tag: final``) is stored in the study as a DICOM SEG written by this project's writer
+  (``custom_components.dicom.write_dicom_seg``, highdicom; the bundle's label names, referencing the series), and so
+  is the SEG an inference returns with ``output=dicom_seg``. MONAI Label's own conversion needs dcmqi (not installed,
+  not downloadable offline) or pydicom-seg, and its venv has pydicom 2 and no highdicom; the SEG is therefore written
+  by ``dicom_seg.py`` in the project's own python: ``--conf seg_python /path/to/python`` (or
+  ``$MONAILABEL_SEG_PYTHON``; default: the first ``python3``/``python`` on ``PATH`` that imports highdicom). The
+  bundle whose names the SEG carries is the request's ``model`` (``params``) or, when the server serves one bundle,
+  that one.
 """
 
 from __future__ import annotations
@@ -32,6 +51,7 @@ import hashlib
 import json
 import logging
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -46,7 +66,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bundle_config as bc  # noqa: E402
 from custom_components.data.validation import input_error_message  # noqa: E402
 from custom_components.utils import bundle_command, bundle_env  # noqa: E402
+from monailabel.config import settings  # noqa: E402
+from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore  # noqa: E402
+from monailabel.datastore.local import LocalDatastore  # noqa: E402
+from monailabel.datastore.utils.convert import binary_to_image  # noqa: E402
+from monailabel.datastore.utils.dicom import dicom_web_upload_dcm  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+from monailabel.interfaces.datastore import DefaultLabelTag  # noqa: E402
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException  # noqa: E402
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType  # noqa: E402
 from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
@@ -275,6 +301,136 @@ class BundleWorkflowTrainTask(TrainTask):
         }
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# the hospital set-up: studies from a PACS over DICOMweb, final labels stored back as DICOM SEG
+
+SEG_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dicom_seg.py")
+# series of these modalities are results or documents, not images to segment
+NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "RTSTRUCT", "PR", "KO", "DOC", "REG", "RTPLAN", "RTDOSE"})
+MONAILABEL_DEFAULT_SEARCH_FILTER = {"Modality": "CT"}
+_HAS_HIGHDICOM = "import highdicom, pydicom; assert int(pydicom.__version__.split('.')[0]) >= 3"
+
+
+class SegWriter:
+    """Writes DICOM SEG files with ``dicom_seg.py`` run by the project's python (highdicom, pydicom 3).
+
+    Args:
+        bundles: served bundle name -> folder (the SEG carries the label names of the request's bundle).
+        python: the interpreter; ``None``: ``$MONAILABEL_SEG_PYTHON``, else the first ``python3``/``python`` on
+            ``PATH`` that imports highdicom and pydicom 3 (checked once, at the first SEG).
+        timeout: seconds for one SEG.
+    """
+
+    def __init__(self, bundles: Dict[str, str], python: str | None = None, timeout: float = 600):
+        self.bundles, self.configured, self.timeout = dict(bundles), python, timeout
+        self._python: str | None = None
+
+    def python(self) -> str:
+        if self._python:
+            return self._python
+        given = self.configured or os.environ.get("MONAILABEL_SEG_PYTHON")
+        candidates = [given] if given else [shutil.which(n) for n in ("python3", "python")]
+        tried = []
+        for candidate in filter(None, candidates):
+            tried.append(candidate)
+            ok = subprocess.run([candidate, "-c", _HAS_HIGHDICOM], capture_output=True, timeout=120,
+                                stdin=subprocess.DEVNULL, env=bundle_env()).returncode == 0
+            if ok:
+                self._python = candidate
+                return candidate
+        raise MONAILabelException(
+            MONAILabelError.SERVER_ERROR,
+            f"DICOM SEG needs a python with highdicom and pydicom 3 (MONAI Label's venv has neither); tried "
+            f"{tried or 'none found on PATH'}: start the server with --conf seg_python <the project's python>",
+        )
+
+    def bundle_of(self, info: Dict[str, Any] | None) -> str | None:
+        """The served bundle a label comes from: the request's ``model``, else the only bundle served."""
+        model = (info or {}).get("model")
+        if isinstance(model, str) and model in self.bundles:
+            return model
+        return next(iter(self.bundles)) if len(self.bundles) == 1 else None
+
+    @staticmethod
+    def names_from_label_info(label_info: Any) -> Dict[int, str]:
+        """``{value: name}`` from MONAI Label's ``label_info`` list (``name`` and ``idx``/``labelID``, else order)."""
+        names = {}
+        for i, item in enumerate(label_info if isinstance(label_info, list) else []):
+            if isinstance(item, dict) and item.get("name"):
+                names[int(item.get("idx", item.get("labelID", i + 1)))] = str(item["name"])
+        return names
+
+    def write(self, series_dir: str, label_file: str, info: Dict[str, Any] | None = None) -> str:
+        """Write the SEG of ``label_file`` (on the grid of the series in ``series_dir``) to a temporary file."""
+        fd, out = tempfile.mkstemp(suffix=".dcm", prefix="monailabel_seg_")
+        os.close(fd)
+        bundle = self.bundle_of(info)
+        cmd = [self.python(), SEG_SCRIPT, "--series", series_dir, "--label", label_file, "--out", out]
+        if bundle:
+            cmd += ["--bundle", self.bundles[bundle]]
+        else:
+            cmd += ["--names", json.dumps(self.names_from_label_info((info or {}).get("label_info")))]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout, stdin=subprocess.DEVNULL,
+                              env=bundle_env())
+        if proc.returncode != 0:
+            os.unlink(out)
+            last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            raise MONAILabelException(MONAILabelError.SERVER_ERROR, f"{bundle or 'label'}: {last}")
+        logger.info(f"DICOM SEG of {label_file} ({bundle or 'no bundle'}) -> {out}")
+        return out
+
+    def endpoint_converter(self):
+        """A stand-in for MONAI Label's ``nifti_to_dicom_seg`` in the infer endpoint (``output=dicom_seg``)."""
+
+        def convert(series_dir, label, label_info, file_ext="*", use_itk=True) -> str:
+            return self.write(series_dir, label, {"label_info": label_info})
+
+        return convert
+
+
+class BundleDICOMwebDatastore(DICOMWebDatastore):
+    """MONAI Label's DICOMweb datastore that lists the image series of every modality (or ``modality``) and stores a
+    final label as this project's DICOM SEG (:class:`SegWriter`) in the study of its series."""
+
+    def __init__(self, client, search_filter: Dict[str, Any], seg_writer: SegWriter, **kwargs):
+        super().__init__(client=client, search_filter=search_filter, **kwargs)
+        self._seg_writer = seg_writer
+
+    def list_images(self) -> list:
+        series = []
+        for item in self._client.search_for_series(search_filters=self._search_filter):
+            modality = (item.get("00080060", {}).get("Value") or [""])[0]
+            uid = (item.get("0020000E", {}).get("Value") or [""])[0]
+            if uid and str(modality).upper() not in NON_IMAGE_MODALITIES:
+                series.append(str(uid))
+        return series
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any],
+                   label_id: str = "") -> str:
+        if label_tag != DefaultLabelTag.FINAL:  # drafts stay in the server's cache, as in MONAI Label
+            return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
+        image_uri = self.get_image_uri(image_id)  # fetches the series into the cache when needed
+        converted = ""
+        if "".join(pathlib.Path(label_filename).suffixes) == ".bin":  # OHIF's raw label: onto the image grid
+            converted = label_filename = binary_to_image(image_uri, label_filename)
+        series_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
+        try:
+            seg_file = self._seg_writer.write(series_dir, label_filename, label_info)
+            try:
+                seg_series = dicom_web_upload_dcm(seg_file, self._client)
+            finally:
+                os.unlink(seg_file)
+            image_info = self.get_image_info(image_id)
+            label_info = {**label_info, "SeriesInstanceUID": seg_series, "Modality": "SEG",
+                          "PatientID": image_info.get("PatientID"),
+                          "StudyInstanceUID": image_info.get("StudyInstanceUID")}
+            logger.info(f"stored DICOM SEG series {seg_series} for series {image_id}")
+            return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
+        finally:
+            if converted:
+                os.unlink(converted)
+
+
 class BundleCollectionApp(MONAILabelApp):
     """One infer and one train task per bundle folder under the model folder."""
 
@@ -295,6 +451,7 @@ class BundleCollectionApp(MONAILabelApp):
                 "the bundle folder(s) there (cp -r bundles/<name> <app>/model/) and name them with --conf models",
             )
         self.models = {n: os.path.join(self.model_dir, n) for n in names}
+        self.seg_writer = SegWriter(self.models, python=conf.get("seg_python") or None)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -303,6 +460,39 @@ class BundleCollectionApp(MONAILabelApp):
             description="Segmentation bundles of this collection, run through their own bundle configs",
             version=__version__,
         )
+
+    def _init_dicomweb_datastore(self):
+        """MONAI Label's DICOMweb set-up without its dcmqi download (offline), listing the image series of every
+        modality (or ``--conf dicomweb_modality``), storing final labels as this project's DICOM SEG."""
+        from dicomweb_client.session_utils import create_session_from_user_pass
+
+        logger.info(f"Using DICOMweb: {self.studies}")
+        session = None
+        if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
+            session = create_session_from_user_pass(settings.MONAI_LABEL_DICOMWEB_USERNAME,
+                                                    settings.MONAI_LABEL_DICOMWEB_PASSWORD)
+        client = DICOMwebClientX(url=self.studies, session=session, qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+                                 wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+                                 stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
+        # MONAI Label's default filter lists CT only; MONAI Label's start_server exports every setting to the
+        # environment, so only a filter other than its default counts as set by the user
+        filter_set = dict(settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER or {})
+        if self.conf.get("dicomweb_modality"):
+            search = {"Modality": str(self.conf["dicomweb_modality"]).upper()}
+        elif filter_set and filter_set != MONAILABEL_DEFAULT_SEARCH_FILTER:
+            search = filter_set
+        else:
+            search = {}
+        # the SEG an inference returns with output=dicom_seg: MONAI Label's endpoint calls its dcmqi converter by name
+        import monailabel.endpoints.infer as infer_endpoint
+
+        infer_endpoint.nifti_to_dicom_seg = self.seg_writer.endpoint_converter()
+        cache = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip() or None
+        logger.info(f"DICOMweb series filter: {search or 'image series of every modality'}; DICOM SEG by this "
+                    "project's writer (highdicom)")
+        return BundleDICOMwebDatastore(client, search, self.seg_writer, cache_path=cache,
+                                       fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+                                       convert_to_nifti=settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI)
 
     def init_infers(self) -> Dict[str, InferTask]:
         infers: Dict[str, InferTask] = {}
