@@ -48,14 +48,8 @@ STANDARD_STEPS = (
     Step("evaluate", ("train.json", "evaluate.json", "quick.json")),
     Step("infer", ("inference.json", "quick.json")),
 )
-# Bundles with extra stages (pre-training, semi-supervised rounds) list their own steps here.
+# Bundles with extra stages list their own steps here (BCP's train.json runs both of its stages in one command).
 BUNDLE_STEPS: dict[str, tuple[Step, ...]] = {
-    "bcp_acdc_segmentation": (
-        Step("pretrain", ("train.json", "pretrain.json", "quick.json")),
-        Step("train", ("train.json", "quick.json")),
-        Step("evaluate", ("train.json", "evaluate.json", "quick.json")),
-        Step("infer", ("inference.json", "quick.json")),
-    ),
     "voco_btcv_segmentation": (
         Step("pretrain", ("pretrain.json", "quick.json")),
         Step("train", ("train.json", "quick.json"), (("pretrained_ckpt", "$@ckpt_dir + '/pretrain/backbone.pt'"),)),

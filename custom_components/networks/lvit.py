@@ -16,6 +16,13 @@ repository HUANGLIZI/LViT). This module follows what the official code computes 
   to the first ViT level's embedding (``text_levels=(1,)``, the official behaviour; ``(1, 2, 3, 4)`` adds ``t_l`` at
   every level, as the paper figure suggests).
 
+How it is computed (same function, same parameters; equal to the plain formulation up to float rounding, checked
+by ``tests/test_network_speed_equivalence.py``): the reconstruction's 1x1 conv, BN and ReLU act per pixel and so run
+on the ``g x g`` token grid before the nearest upsampling, which becomes a broadcast add onto ``x_l``; the first
+decoder convolution is split along its input channels, and its half on the nearest-upsampled deeper map is one
+stride-2 transposed convolution of the map itself (16 instead of 36 multiply-adds per pixel of that map); attention
+uses ``scaled_dot_product_attention``.
+
 Only live modules are built: 29,908,033 parameters with the official settings (224, 10 tokens of 768-d text),
 29,318,209 with ``text_dim=384``. The network returns logits (the official model applies the sigmoid inside for one
 class; here the loss and the post-processing do).
@@ -178,7 +185,8 @@ def _add_upsampled(x: torch.Tensor, r: torch.Tensor, scale: int) -> torch.Tensor
 
 
 def _up2_taps(k: torch.Tensor, dim: int) -> torch.Tensor:
-    """3 taps ``(k0, k1, k2)`` along ``dim`` -> the 4 taps ``(k2, k1 + k2, k0 + k1, k0)`` of the x2 transposed kernel."""
+    """3 taps ``(k0, k1, k2)`` along ``dim`` -> the 4 taps ``(k2, k1 + k2, k0 + k1, k0)`` of the x2 transposed
+    kernel."""
     k0, k1, k2 = k.unbind(dim)
     return torch.stack([k2, k1 + k2, k0 + k1, k0], dim)
 

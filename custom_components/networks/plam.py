@@ -16,6 +16,7 @@ Parameters: ``2 C^2 + 31``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["PLAM"]
@@ -40,8 +41,11 @@ class PLAM(nn.Module):
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The spatial gate ``g`` ``[B, 1, H, W]``."""
-        a = torch.relu(self.conv_avg(x)).mean(dim=1, keepdim=True)
-        m = torch.relu(self.conv_max(x)).amax(dim=1, keepdim=True)
+        # a 1x1 kernel ignores the dilation; 2 only steers single-threaded CPU PyTorch from its THNN 1x1 convolution
+        # to oneDNN, about twice as fast from 256 channels on (and slower below)
+        dilation = 2 if x.shape[1] >= 256 else 1
+        a = torch.relu(F.conv2d(x, self.conv_avg.weight, None, 1, 0, dilation)).mean(dim=1, keepdim=True)
+        m = torch.relu(F.conv2d(x, self.conv_max.weight, None, 1, 0, dilation)).amax(dim=1, keepdim=True)
         s = torch.cat([a, m, a + m], dim=1)  # [B, 3, H, W]
         g = self.mlp(s.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # per-pixel MLP
         if self.sigmoid:
