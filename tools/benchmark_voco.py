@@ -6,7 +6,7 @@
    position-prediction accuracy (arg-max logit == arg-max label; chance 1/grid²) on held-out volumes (never used in
    pre-training) every ``--eval_every`` iterations.
 2. **Fine-tuning from VoCo vs from random initialisation** (the bundle's ``train.json`` + ``quick.json``
-   preprocessing, SwinUNETR(v2), DiceCE, AdamW, warmup-cosine) on ``--num_labeled`` labeled volumes, same iterations,
+   preprocessing with ``train.json``'s augmentation, SwinUNETR(v2), DiceCE, AdamW, warmup-cosine) on ``--num_labeled`` labeled volumes, same iterations,
    data and seeds for both arms (``--seeds``): per-organ Dice on held-out labeled volumes (sliding window, inverted to
    the original space) at the iterations in ``--dice_at``, and the wall time of each run (the CPU is shared, so
    iterations, not seconds, are the budget).
@@ -18,6 +18,18 @@
 Writes ``results.json``, ``results.md``, ``pretrain.png`` and ``finetune.png`` with ``run_record()`` provenance::
 
     OMP_NUM_THREADS=1 nice -n 10 python tools/benchmark_voco.py --out benchmark_results/voco
+
+4. **Quick recipe, Dice vs time** (mode ``quick_recipe``): trains the bundle's own ``train.json`` + ``quick.json``
+   objects (SupervisedTrainer, preprocessing, loss, optimiser, schedule: nothing re-implemented) with extra overrides
+   per named setting on the bundle's default synthetic data (the demo's data), and measures per-organ Dice on the test
+   split (the ``evaluate.json`` split; sliding window, inverted to the original space) at ``--dice_at`` iterations,
+   with the training time so far: wall seconds and CPU seconds of this process (evaluation excluded). On a shared
+   machine the CPU seconds (1 torch thread) are the budget that means something; wall time is recorded too. With
+   ``--confirm`` it then runs the two real commands (``python -m monai.bundle run`` training, then evaluation) of the
+   quick recipe and records their times and ``eval/metrics.json``. Results are merged by setting name into
+   ``quick_recipe.json`` / ``quick_recipe.md`` / ``quick_recipe.png``, so settings can be run one command each::
+
+    OMP_NUM_THREADS=1 nice -n 5 python tools/benchmark_voco.py quick_recipe --settings '["quick"]' --confirm
 """
 
 from __future__ import annotations
@@ -137,7 +149,7 @@ def _finetune(root: Path, train_items: list, test_items: list, backbone: str | N
         "bundle_root": str(root), "dataset_dir": str(root / "data"), "train#datalist": train_items,
         "validate#datalist": test_items, "num_samples": args["num_samples"], "learning_rate": args["lr"],
         "warmup_iters": args["warmup"], "total_iters": args["iters"], "num_workers": 0, "cache_rate": 1.0,
-        "spacing": args["spacing"], "roi": args["roi"],
+        "spacing": args["spacing"], "roi": args["roi"], "augment": True,  # the full recipe's augmentation
     })
     network = parser.get_parsed_content("network")
     report = load_voco_checkpoint(network, backbone) if backbone else None
@@ -399,5 +411,233 @@ def render_markdown(results: dict) -> str:
     return "".join(md)
 
 
+# Named settings of the quick-recipe curve: overrides on top of train.json + quick.json (fine-tuning keys only).
+QUICK_SETTINGS: dict[str, dict] = {
+    "quick": {},  # quick.json as it is
+    "smoke": {"max_epochs": 1, "epoch_length": 2, "num_samples": 1},  # a check that the mode runs
+    "lr1e-2_noaug_300": {"learning_rate": 0.01, "warmup_iters": 10, "max_epochs": 1, "epoch_length": 300,
+                         "num_samples": 1, "__noaug__": True},
+    "lr2e-2_noaug_300": {"learning_rate": 0.02, "warmup_iters": 10, "max_epochs": 1, "epoch_length": 300,
+                         "num_samples": 1, "__noaug__": True},
+    "lr4e-2_noaug_300": {"learning_rate": 0.04, "warmup_iters": 10, "max_epochs": 1, "epoch_length": 300,
+                         "num_samples": 1, "augment": False},
+    "lr1e-2_noaug_300_z7.5": {"learning_rate": 0.01, "warmup_iters": 10, "max_epochs": 1, "epoch_length": 300,
+                              "num_samples": 1, "spacing": [4.0, 4.0, 7.5], "__noaug__": True},
+}
+LARGE_ORGANS = ("liver", "spleen", "right_kidney", "left_kidney")
+
+
+def _quick_parser(configs: list[str], overrides: dict):
+    """``configs`` with ``overrides``; ``__noaug__`` drops the random flips, rotations and intensity changes of the
+    training preprocessing (the random crop stays): the same transforms as train.json's ``augment: false``, which
+    the first curves were run without."""
+    overrides = dict(overrides)
+    noaug = overrides.pop("__noaug__", False)
+    parser = _parser(configs, overrides)
+    if noaug:
+        parser["train#preprocessing#transforms"] = [
+            t for t in parser["train#preprocessing#transforms"]
+            if not str(t["_target_"]).startswith("Rand") or str(t["_target_"]).startswith("RandCrop")]
+    return parser
+
+
+def _quick_curve(name: str, overrides: dict, root: Path, dice_at: list | None, seed: int, log) -> dict:
+    """Train one setting with the bundle's trainer; per-organ test Dice at the iterations ``dice_at`` (default: every
+    quarter of the run and its end)."""
+    from ignite.engine import Events
+
+    from custom_components.data import load_items
+
+    parser = _quick_parser(["train.json", "quick.json"], {
+        **overrides, "bundle_root": str(root / name), "dataset_dir": str(root / "data"), "resume": False,
+        "seed": seed, "pretrained_ckpt": ""})
+    parser["train#handlers"] = [h for h in parser["train#handlers"] if h["_target_"] == "LrScheduleHandler"]
+    parser.get_parsed_content("initialize")  # the bundle's own: seed, synthetic data, datalist check, random init
+    trainer, network = parser.get_parsed_content("train#trainer"), parser.get_parsed_content("network")
+    total = trainer.state.max_epochs * trainer.state.epoch_length
+    at = sorted(set(dice_at or [round(total * k / 4) for k in (1, 2, 3, 4)]) | {total})
+    test = load_items(str(root / "data" / "dataset.json"), "test")
+    # evaluate.json's split and objects: validate#preprocessing / inferer / postprocessing on the test cases
+    history: list[dict] = []
+    clock = {"eval": 0.0, "cpu_eval": 0.0}
+
+    @trainer.on(Events.STARTED)
+    def _start(engine):
+        clock["wall0"], clock["cpu0"] = time.perf_counter(), time.process_time()
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _maybe_eval(engine):
+        it = engine.state.iteration
+        if it not in at:
+            return
+        wall, cpu = time.perf_counter() - clock["wall0"], time.process_time() - clock["cpu0"]
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        dice = _dice_per_organ(network, parser, test)
+        eval_wall, eval_cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
+        train_wall, train_cpu = wall - clock["eval"], cpu - clock["cpu_eval"]
+        clock["eval"] += eval_wall
+        clock["cpu_eval"] += eval_cpu
+        large = float(np.mean([dice["organs"][o] for o in LARGE_ORGANS]))
+        loss = engine.state.output[0]["loss"] if isinstance(engine.state.output, list) else engine.state.output["loss"]
+        history.append({"iteration": it, "train_wall_s": train_wall, "train_cpu_s": train_cpu,
+                        "eval_wall_s": eval_wall, "loss": float(loss), "large_organs_mean": large, **dice})
+        log(f"quick {name} it {it}: loss {float(loss):.3f} mean Dice {dice['mean']:.3f}, large organs {large:.3f} "
+            f"(train {train_cpu:.0f} CPU s, {train_wall:.0f} wall s)")
+
+    trainer.run()
+    return {"name": name, "overrides": overrides, "total_iters": total, "history": history}
+
+
+def _quick_confirm(root: Path, threads: int, log) -> dict:
+    """The quick recipe as the demo runs it (``tools/demo.py``'s VoCo steps: pre-training, fine-tuning from its
+    backbone, evaluation, inference), each a ``python -m monai.bundle run`` in a fresh bundle_root."""
+    import resource
+    import shlex
+
+    from demo import BUNDLE_STEPS  # tools/demo.py, next to this file
+
+    from custom_components.utils import bundle_env, run_bundle_workflow
+
+    bundle_root = root / "confirm"
+    out = {"bundle_root": str(bundle_root), "threads": threads, "steps": {},
+           "quick_json": json.loads((CFG / "quick.json").read_text())}
+    for step in BUNDLE_STEPS["voco_btcv_segmentation"]:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        run = run_bundle_workflow([CFG / c for c in step.configs], {"bundle_root": str(bundle_root),
+                                                                     **dict(step.overrides)},
+                                  log=root / f"confirm_{step.name}.log", env=bundle_env(threads=threads))
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        cmd = shlex.join(["python", *run.args[1:]]).replace(str(REPO) + "/", "").replace(str(bundle_root), "<tmp>")
+        out["steps"][step.name] = {"command": cmd, "wall_s": run.seconds, "cpu_s": cpu}
+        log(f"confirm {step.name}: {run.seconds:.0f} wall s, {cpu:.0f} CPU s")
+    metrics = json.loads((bundle_root / "eval" / "metrics.json").read_text())["summary"]
+    out["dice"] = {name: c["dice"]["mean"] for name, c in metrics["classes"].items()}
+    out["mean"] = metrics["mean"]["dice"]
+    out["large_organs_mean"] = float(np.mean([out["dice"][o] for o in LARGE_ORGANS]))
+    log(f"confirm: mean Dice {out['mean']:.3f}, large organs {out['large_organs_mean']:.3f}")
+    return out
+
+
+def quick_recipe(
+    out: str = "benchmark_results/voco",
+    settings: tuple = ("quick",),
+    dice_at: tuple | None = None,
+    seed: int = 1234,
+    threads: int = 1,
+    confirm: bool = False,
+    work: str | None = None,
+) -> None:
+    """Dice-vs-time curves of quick fine-tuning settings (``QUICK_SETTINGS`` names, or ``name=JSON overrides``) and,
+    with ``confirm``, the real quick training + evaluation commands. Merged by name into ``quick_recipe.json``."""
+    import shutil
+    import tempfile
+
+    torch.set_num_threads(threads)
+    out_dir = (REPO / out) if not Path(out).is_absolute() else Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(work) if work else Path(tempfile.mkdtemp(prefix="voco_quick_"))
+    record = run_record()
+    path = out_dir / "quick_recipe.json"
+
+    def save(key: str, name: str | None, value: dict) -> dict:  # re-read first: other settings may run in parallel
+        results = json.loads(path.read_text()) if path.is_file() else {"curves": {}, "confirm": None}
+        if name is None:
+            results[key] = value
+        else:
+            results[key][name] = value
+        path.write_text(json.dumps(results, indent=2))
+        return results
+
+    lines: list[str] = []
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        lines.append(msg)
+
+    try:
+        for entry in ([settings] if isinstance(settings, str) else settings):
+            name, _, spec = str(entry).partition("=")
+            overrides = json.loads(spec) if spec else QUICK_SETTINGS[name]
+            curve = _quick_curve(name, overrides, root, list(dice_at) if dice_at else None, seed, log)
+            save("curves", name, {**curve, "record": record, "threads": threads, "seed": seed})
+        if confirm:
+            save("confirm", None, {**_quick_confirm(root, threads, log), "record": record})
+    finally:
+        if not work:
+            shutil.rmtree(root, ignore_errors=True)
+    results = json.loads(path.read_text())
+    (out_dir / "quick_recipe.md").write_text(render_quick_markdown(results))
+    _plot_quick(out_dir / "quick_recipe.png", results)
+    print(render_quick_markdown(results))
+
+
+def _plot_quick(path: Path, results: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+        for i, (name, c) in enumerate(results["curves"].items()):
+            xs = [0] + [h["train_cpu_s"] for h in c["history"]]
+            ax[0].plot(xs, [0] + [h["mean"] for h in c["history"]], "o-", color=f"C{i}", label=name)
+            ax[1].plot(xs, [0] + [h["large_organs_mean"] for h in c["history"]], "o-", color=f"C{i}", label=name)
+        for a, title, target in ((ax[0], "mean Dice, 13 organs", 0.5),
+                                 (ax[1], "mean Dice, liver, spleen, kidneys", 0.7)):
+            a.axhline(target, color="gray", ls="--")
+            a.axvline(600, color="gray", ls=":")
+            a.set_xlabel("training CPU seconds (1 thread)")
+            a.set_title(title)
+            a.set_ylim(0, 1)
+        ax[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    except Exception as e:  # pragma: no cover - the plot is optional
+        print(f"plot skipped: {e}")
+
+
+def render_quick_markdown(results: dict) -> str:
+    md = ["# VoCo quick recipe: Dice vs training time (synthetic abdomen CT, CPU)\n\n",
+          "Each setting trains the bundle's `train.json` + `quick.json` objects with the overrides shown, from random "
+          "weights, on the bundle's default synthetic data (6 training volumes, 96×96×48 at 4×4×5 mm); Dice on the 2 "
+          "test volumes (the `evaluate.json` split, sliding window, inverted to the original space). Times exclude "
+          "evaluation. The machine (2 cores) was **shared with other jobs**: wall times are inflated and noisy; the "
+          "CPU seconds of the 1-thread process are the comparable budget (≈ wall time on an idle core). Within a run "
+          "the points lie on one warmup-cosine schedule, so an intermediate point under-estimates what a run "
+          "scheduled to end there reaches.\n\n"]
+    for name, c in results["curves"].items():
+        md.append(f"## `{name}`: {json.dumps(c['overrides'])}\n\n" + record_markdown(c["record"]) + "\n")
+        rows = [[h["iteration"], h["train_cpu_s"], h["train_wall_s"], h["loss"], h["mean"], h["large_organs_mean"],
+                 *(h["organs"][o] for o in LARGE_ORGANS)] for h in c["history"]]
+        md.append(markdown_table(["iteration", "train CPU s", "train wall s", "loss", "mean Dice (13)",
+                                  "mean (4 large)", *LARGE_ORGANS], rows, floatfmt=".3f") + "\n")
+    if results["curves"]:
+        md.append("## Per organ at the end of each setting\n\n")
+        names = list(results["curves"])
+        rows = [[o, *(results["curves"][n]["history"][-1]["organs"][o] for n in names)] for o in ORGANS]
+        rows.append(["**mean**", *(results["curves"][n]["history"][-1]["mean"] for n in names)])
+        rows.append(["train CPU s", *(results["curves"][n]["history"][-1]["train_cpu_s"] for n in names)])
+        md.append(markdown_table(["organ", *names], rows, floatfmt=".3f") + "\n")
+    conf = results.get("confirm")
+    if conf:
+        md.append("## The quick recipe as the demo runs it (tools/demo.py's VoCo steps)\n\n"
+                  + record_markdown(conf["record"]) + f"\nOMP_NUM_THREADS={conf['threads']}, `--bundle_root` a fresh "
+                  "temporary folder (`<tmp>`); times include start-up and, in the first step, writing the synthetic "
+                  "data.\n\n")
+        md.append(f"quick.json: `{json.dumps(conf['quick_json'])}`\n\n")
+        rows = [[name, f"`{s['command']}`", s["wall_s"], s["cpu_s"]] for name, s in conf["steps"].items()]
+        md.append(markdown_table(["step", "command", "wall s", "CPU s"], rows, floatfmt=".0f") + "\n")
+        rows = [[o, conf["dice"][o]] for o in ORGANS] + [["**mean (13 organs)**", conf["mean"]],
+                                                          ["mean (liver, spleen, kidneys)", conf["large_organs_mean"]]]
+        md.append(markdown_table(["organ", "test Dice (eval/metrics.json)"], rows) + "\n")
+    return "".join(md)
+
+
 if __name__ == "__main__":
-    fire.Fire(main)
+    if len(sys.argv) > 1 and sys.argv[1] == "quick_recipe":
+        fire.Fire(quick_recipe, command=sys.argv[2:])
+    else:
+        fire.Fire(main)
