@@ -584,6 +584,11 @@ def _plot_quick(path: Path, results: dict) -> None:
             xs = [0] + [h["train_cpu_s"] for h in c["history"]]
             ax[0].plot(xs, [0] + [h["mean"] for h in c["history"]], "o-", color=f"C{i}", label=name)
             ax[1].plot(xs, [0] + [h["large_organs_mean"] for h in c["history"]], "o-", color=f"C{i}", label=name)
+        for j, c in enumerate((results.get("exploratory") or {}).get("runs", [])):
+            xs = [0] + [h["train_cpu_s"] for h in c["history"]]
+            for a, key in ((ax[0], "mean"), (ax[1], "large_organs_mean")):
+                a.plot(xs, [0] + [h[key] for h in c["history"]], "x--", color="gray", alpha=0.3 + 0.1 * (j % 4),
+                       label=f"exploratory {c['name']}" if a is ax[0] else None)
         for a, title, target in ((ax[0], "mean Dice, 13 organs", 0.5),
                                  (ax[1], "mean Dice, liver, spleen, kidneys", 0.7)):
             a.axhline(target, color="gray", ls="--")
@@ -591,7 +596,7 @@ def _plot_quick(path: Path, results: dict) -> None:
             a.set_xlabel("training CPU seconds (1 thread)")
             a.set_title(title)
             a.set_ylim(0, 1)
-        ax[0].legend(fontsize=8)
+        ax[0].legend(fontsize=6)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
@@ -614,6 +619,14 @@ def render_quick_markdown(results: dict) -> str:
                  *(h["organs"][o] for o in LARGE_ORGANS)] for h in c["history"]]
         md.append(markdown_table(["iteration", "train CPU s", "train wall s", "loss", "mean Dice (13)",
                                   "mean (4 large)", *LARGE_ORGANS], rows, floatfmt=".3f") + "\n")
+    explore = results.get("exploratory")
+    if explore:
+        md.append("## Exploratory runs\n\n" + explore["note"] + "\n\n")
+        rows = [[c["name"], json.dumps(c["overrides"]), h["iteration"], h["train_cpu_s"], h["mean"],
+                 h["large_organs_mean"], *(h["organs"][o] for o in LARGE_ORGANS)]
+                for c in explore["runs"] for h in c["history"]]
+        md.append(markdown_table(["run", "overrides", "iteration", "train CPU s", "mean Dice (13)", "mean (4 large)",
+                                  *LARGE_ORGANS], rows, floatfmt=".3f") + "\n")
     if results["curves"]:
         md.append("## Per organ at the end of each setting\n\n")
         names = list(results["curves"])
