@@ -6,10 +6,10 @@
    position-prediction accuracy (arg-max logit == arg-max label; chance 1/grid²) on held-out volumes (never used in
    pre-training) every ``--eval_every`` iterations.
 2. **Fine-tuning from VoCo vs from random initialisation** (the bundle's ``train.json`` + ``quick.json``
-   preprocessing with ``train.json``'s augmentation, SwinUNETR(v2), DiceCE, AdamW, warmup-cosine) on ``--num_labeled`` labeled volumes, same iterations,
-   data and seeds for both arms (``--seeds``): per-organ Dice on held-out labeled volumes (sliding window, inverted to
-   the original space) at the iterations in ``--dice_at``, and the wall time of each run (the CPU is shared, so
-   iterations, not seconds, are the budget).
+   preprocessing with ``train.json``'s augmentation, SwinUNETR(v2), DiceCE, AdamW, warmup-cosine) on
+   ``--num_labeled`` labeled volumes, same iterations, data and seeds for both arms (``--seeds``): per-organ Dice on
+   held-out labeled volumes (sliding window, inverted to the original space) at the iterations in ``--dice_at``,
+   and the wall time of each run (the CPU is shared, so iterations, not seconds, are the budget).
 3. **Sliding-window inference time** of one volume on CPU: the quick setting (fs 12, the quick ROI/overlap) and the
    full setting (fs 48, ROI 96³, overlap 0.75, 1.5 mm spacing): windows are counted exactly; the full setting's time is
    the measured time per window times the number of windows when ``--full_windows`` is smaller than that number (it
@@ -25,8 +25,9 @@ Writes ``results.json``, ``results.md``, ``pretrain.png`` and ``finetune.png`` w
    split (the ``evaluate.json`` split; sliding window, inverted to the original space) at ``--dice_at`` iterations,
    with the training time so far: wall seconds and CPU seconds of this process (evaluation excluded). On a shared
    machine the CPU seconds (1 torch thread) are the budget that means something; wall time is recorded too. With
-   ``--confirm`` it then runs the two real commands (``python -m monai.bundle run`` training, then evaluation) of the
-   quick recipe and records their times and ``eval/metrics.json``. Results are merged by setting name into
+   ``--confirm`` it then runs the quick recipe as ``tools/demo.py`` does (its VoCo steps: pre-training, fine-tuning
+   from that backbone, evaluation, inference; each a ``python -m monai.bundle run``) and records their wall and CPU
+   times and ``eval/metrics.json``. Results are merged by setting name into
    ``quick_recipe.json`` / ``quick_recipe.md`` / ``quick_recipe.png``, so settings can be run one command each::
 
     OMP_NUM_THREADS=1 nice -n 5 python tools/benchmark_voco.py quick_recipe --settings '["quick"]' --confirm
@@ -488,11 +489,17 @@ def _quick_curve(name: str, overrides: dict, root: Path, dice_at: list | None, s
     return {"name": name, "overrides": overrides, "total_iters": total, "history": history}
 
 
+def _user_command(configs, overrides) -> str:
+    """A workflow command as a user types it from the repository root (``<tmp>``: the bundle_root)."""
+    files = ",".join(f"'bundles/voco_btcv_segmentation/configs/{c}'" for c in configs)
+    extra = "".join(' --{} "{}"'.format(k, v.replace("$", "\\$")) for k, v in overrides)
+    return f'python -m monai.bundle run --config_file "[{files}]" --bundle_root <tmp>{extra}'
+
+
 def _quick_confirm(root: Path, threads: int, log) -> dict:
     """The quick recipe as the demo runs it (``tools/demo.py``'s VoCo steps: pre-training, fine-tuning from its
     backbone, evaluation, inference), each a ``python -m monai.bundle run`` in a fresh bundle_root."""
     import resource
-    import shlex
 
     from demo import BUNDLE_STEPS  # tools/demo.py, next to this file
 
@@ -508,8 +515,8 @@ def _quick_confirm(root: Path, threads: int, log) -> dict:
                                   log=root / f"confirm_{step.name}.log", env=bundle_env(threads=threads))
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        cmd = shlex.join(["python", *run.args[1:]]).replace(str(REPO) + "/", "").replace(str(bundle_root), "<tmp>")
-        out["steps"][step.name] = {"command": cmd, "wall_s": run.seconds, "cpu_s": cpu}
+        out["steps"][step.name] = {"command": _user_command(step.configs, step.overrides), "wall_s": run.seconds,
+                                   "cpu_s": cpu}
         log(f"confirm {step.name}: {run.seconds:.0f} wall s, {cpu:.0f} CPU s")
     metrics = json.loads((bundle_root / "eval" / "metrics.json").read_text())["summary"]
     out["dice"] = {name: c["dice"]["mean"] for name, c in metrics["classes"].items()}
@@ -529,7 +536,8 @@ def quick_recipe(
     work: str | None = None,
 ) -> None:
     """Dice-vs-time curves of quick fine-tuning settings (``QUICK_SETTINGS`` names, or ``name=JSON overrides``) and,
-    with ``confirm``, the real quick training + evaluation commands. Merged by name into ``quick_recipe.json``."""
+    with ``confirm``, the demo's quick VoCo commands (pre-train, fine-tune, evaluate, infer). Merged by name into
+    ``quick_recipe.json``."""
     import shutil
     import tempfile
 
@@ -606,23 +614,27 @@ def _plot_quick(path: Path, results: dict) -> None:
 
 def render_quick_markdown(results: dict) -> str:
     md = ["# VoCo quick recipe: Dice vs training time (synthetic abdomen CT, CPU)\n\n",
-          "Each setting trains the bundle's `train.json` + `quick.json` objects with the overrides shown, from random "
-          "weights, on the bundle's default synthetic data (6 training volumes, 96×96×48 at 4×4×5 mm); Dice on the 2 "
-          "test volumes (the `evaluate.json` split, sliding window, inverted to the original space). Times exclude "
-          "evaluation. The machine (2 cores) was **shared with other jobs**: wall times are inflated and noisy; the "
-          "CPU seconds of the 1-thread process are the comparable budget (≈ wall time on an idle core). Within a run "
-          "the points lie on one warmup-cosine schedule, so an intermediate point under-estimates what a run "
-          "scheduled to end there reaches.\n\n"]
+          "Each setting trains the bundle's `train.json` + `quick.json` objects with the overrides shown, from "
+          "random weights, on the bundle's default synthetic data (6 training volumes, 96×96×48 at 4×4×5 mm); Dice "
+          "on the 2 test volumes (the `evaluate.json` split, sliding window, inverted to the original space). Times"
+          " exclude evaluation. The machine (2 cores) was **shared with other jobs**: wall times are inflated and "
+          "noisy; the CPU seconds of the 1-thread process are the comparable budget (≈ wall time on an idle core). "
+          "Within a run the points lie on one warmup-cosine schedule, so an intermediate point under-estimates what"
+          " a run scheduled to end there reaches. Every command ran as `OMP_NUM_THREADS=1 nice -n 5 <command>`.\n\n"]
+    md.append("`quick` is `quick.json` as it is (no overrides); the last section runs it as the demo does. Settings "
+              "named `*_noaug*` drop train.json's augmentation (`__noaug__`, the same transforms as `augment: false`)."
+              "\n\n")
     for name, c in results["curves"].items():
         md.append(f"## `{name}`: {json.dumps(c['overrides'])}\n\n" + record_markdown(c["record"]) + "\n")
-        rows = [[h["iteration"], h["train_cpu_s"], h["train_wall_s"], h["loss"], h["mean"], h["large_organs_mean"],
+        rows = [[h["iteration"], round(h["train_cpu_s"]), round(h["train_wall_s"]), h["loss"], h["mean"],
+                 h["large_organs_mean"],
                  *(h["organs"][o] for o in LARGE_ORGANS)] for h in c["history"]]
         md.append(markdown_table(["iteration", "train CPU s", "train wall s", "loss", "mean Dice (13)",
                                   "mean (4 large)", *LARGE_ORGANS], rows, floatfmt=".3f") + "\n")
     explore = results.get("exploratory")
     if explore:
         md.append("## Exploratory runs\n\n" + explore["note"] + "\n\n")
-        rows = [[c["name"], json.dumps(c["overrides"]), h["iteration"], h["train_cpu_s"], h["mean"],
+        rows = [[c["name"], json.dumps(c["overrides"]), h["iteration"], round(h["train_cpu_s"]), h["mean"],
                  h["large_organs_mean"], *(h["organs"][o] for o in LARGE_ORGANS)]
                 for c in explore["runs"] for h in c["history"]]
         md.append(markdown_table(["run", "overrides", "iteration", "train CPU s", "mean Dice (13)", "mean (4 large)",
@@ -632,7 +644,7 @@ def render_quick_markdown(results: dict) -> str:
         names = list(results["curves"])
         rows = [[o, *(results["curves"][n]["history"][-1]["organs"][o] for n in names)] for o in ORGANS]
         rows.append(["**mean**", *(results["curves"][n]["history"][-1]["mean"] for n in names)])
-        rows.append(["train CPU s", *(results["curves"][n]["history"][-1]["train_cpu_s"] for n in names)])
+        rows.append(["train CPU s", *(round(results["curves"][n]["history"][-1]["train_cpu_s"]) for n in names)])
         md.append(markdown_table(["organ", *names], rows, floatfmt=".3f") + "\n")
     conf = results.get("confirm")
     if conf:
