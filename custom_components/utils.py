@@ -136,6 +136,26 @@ def markdown_table(headers: list[str], rows: list[list], floatfmt: str = ".3f") 
     return "\n".join(lines) + "\n"
 
 
+def mean_sd(values) -> dict:
+    """Mean, sample sd (n - 1; NaN for one value) and n of the finite ``values`` (``None``/NaN/inf are left out):
+    the statistics every benchmark reports over seeds."""
+    import math
+
+    vals = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return {"mean": math.nan, "sd": math.nan, "n": 0}
+    mean = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else math.nan
+    return {"mean": mean, "sd": sd, "n": len(vals)}
+
+
+def format_mean_sd(stat: dict, digits: int = 3) -> str:
+    """``"mean ± sd"`` of a :func:`mean_sd` result (the mean alone for one value, ``-`` for none)."""
+    if not stat["n"]:
+        return "-"
+    return f"{stat['mean']:.{digits}f}" + (f" ± {stat['sd']:.{digits}f}" if stat["n"] > 1 else "")
+
+
 def record_markdown(record: dict) -> str:
     """The provenance lines (command, date, hardware) for the top of a markdown results file."""
     hw = record.get("hardware", {})

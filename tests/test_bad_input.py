@@ -401,13 +401,13 @@ def test_every_inference_config_checks_loaded_images_and_stages_predictions(name
             if t.get("_target_") == "SaveImaged":
                 assert t["output_dir"] == "$@staged_output.path", path
     main = json.loads((configs / "inference.json").read_text())
-    assert main["staged_output"]["_target_"] == "custom_components.output.StagedOutputDir"
+    assert main["staged_output"]["_target_"] == "custom_components.engines.StagedOutputDir"
     assert main["run"] == ["$@staged_output.run(@evaluator)"]
     assert "@series" in main["datalist"]
 
 
 def test_staged_output_commits_on_success_and_leaves_nothing_on_failure(tmp_path):
-    from custom_components.output import StagedOutputDir
+    from custom_components.engines import StagedOutputDir
 
     out = tmp_path / "new" / "predictions"
     staged = StagedOutputDir(out)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO, check_run, run_bundle
 
@@ -195,3 +196,27 @@ def test_monuseg_inference_masks_like_labelcol(monuseg_run):
     for p in preds:
         arr = np.asarray(Image.open(p))
         assert arr.shape == (1000, 1000) and set(np.unique(arr).tolist()) <= {0, 255}
+
+
+def test_benchmark_unet_baseline_is_monai_unet_of_the_papers_size_and_reads_no_text(tmp_path):
+    """The MoNuSeg benchmark's U-Net arm: the bundle's configs with the tool's overlay build a plain MONAI UNet of
+    14.83 M parameters (paper: 14.8 M) whose batches carry no text."""
+    import sys
+
+    from monai.bundle import ConfigParser
+    from monai.engines import PrepareBatchDefault
+    from monai.networks.nets import UNet
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import benchmark_lvit_monuseg as bench
+
+    configs = bench._configs("unet", tmp_path)
+    assert configs[-1].parent == tmp_path and [c.name for c in configs[:2]] == ["train.json", "monuseg.json"]
+    parser = ConfigParser()
+    parser.read_config([str(c) for c in configs])
+    parser.update({"bundle_root": str(tmp_path), "device": "$torch.device('cpu')"})
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net, UNet) and isinstance(parser.get_parsed_content("prepare_batch"), PrepareBatchDefault)
+    assert sum(p.numel() for p in net.parameters()) == 14_828_764
+    assert net(torch.zeros(1, 3, 224, 224)).shape == (1, 1, 224, 224)
+    assert bench._configs("text", tmp_path)[-1].name == "monuseg.json"

@@ -7,7 +7,9 @@ import sys
 
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from custom_components.utils import _config_files_from_argv, bundle_root, markdown_table, run_record
+from custom_components.utils import (
+    _config_files_from_argv, bundle_root, format_mean_sd, markdown_table, mean_sd, run_record,
+)
 
 
 def _bundle(tmp_path):
@@ -51,6 +53,17 @@ def test_markdown_table_and_record():
     assert md.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.123 |", "| - | - |"]
     rec = run_record("python x.py")
     assert rec["command"] == "python x.py" and rec["hardware"]["cpu_count"] >= 1 and "UTC" in rec["date"]
+
+
+def test_mean_sd_is_the_sample_sd_over_finite_values_hand_computed():
+    import math
+
+    stat = mean_sd([0.5, 0.7, None, float("nan"), 0.9])  # mean 0.7, deviations 0.2: sd sqrt(0.08 / 2) = 0.2
+    assert stat["n"] == 3 and math.isclose(stat["mean"], 0.7) and math.isclose(stat["sd"], 0.2)
+    assert format_mean_sd(stat) == "0.700 ± 0.200" and format_mean_sd(stat, 1) == "0.7 ± 0.2"
+    one = mean_sd([0.25])
+    assert one["n"] == 1 and math.isnan(one["sd"]) and format_mean_sd(one) == "0.250"
+    assert mean_sd([])["n"] == 0 and format_mean_sd(mean_sd([None])) == "-"
 
 
 def test_count_macs_hand_computed():

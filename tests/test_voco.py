@@ -307,3 +307,22 @@ def test_convert_btcv_reads_dataset_0_json(tmp_path):
     (root / "dataset_0.json").write_text(json.dumps(published))
     with pytest.raises(FileNotFoundError, match="img0003.nii.gz"):
         convert_btcv(root)
+
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_augment_key_keeps_or_drops_the_random_augmentation_but_never_the_crops(tmp_path, augment):
+    from monai.bundle import ConfigParser
+    from monai.transforms import RandCropByPosNegLabeld
+
+    from conftest import REPO
+    from custom_components.transforms import AUGMENTATIONS
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundles" / "voco_btcv_segmentation" / "configs" / "train.json")])
+    parser.update({"bundle_root": str(tmp_path), "augment": augment})
+    full = parser.get_parsed_content("train#preprocessing")
+    kinds = [type(t) for t in parser.get_parsed_content("train#dataset#transform").transforms]
+    assert sum(isinstance(t, AUGMENTATIONS) for t in full.transforms) == 6  # 3 flips, rot90, intensity scale, shift
+    assert kinds == [type(t) for t in full.transforms if augment or not isinstance(t, AUGMENTATIONS)]
+    assert RandCropByPosNegLabeld in kinds

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from custom_components.utils import (  # noqa: E402
-    markdown_table, plot_bars, record_markdown, run_bundle_workflow, run_record,
+    format_mean_sd, markdown_table, mean_sd, plot_bars, record_markdown, run_bundle_workflow, run_record,
 )
 
 CFG = REPO / "bundles" / "bcp_acdc_segmentation" / "configs"
@@ -63,22 +63,6 @@ def _as_list(value, cast=str) -> list:
     if isinstance(value, (list, tuple)):
         return [cast(v) for v in value]
     return [cast(value)]
-
-
-def _stats(values: list[float]) -> dict:
-    """Mean, sample sd (n - 1; NaN for one value) and n of the finite ``values``."""
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return {"mean": math.nan, "sd": math.nan, "n": 0}
-    mean = sum(vals) / len(vals)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else math.nan
-    return {"mean": mean, "sd": sd, "n": len(vals)}
-
-
-def _fmt(stat: dict, digits: int = 3) -> str:
-    if not stat["n"]:
-        return "-"
-    return f"{stat['mean']:.{digits}f}" + (f" ± {stat['sd']:.{digits}f}" if stat["n"] > 1 else "")
 
 
 def gap_closed(arm_dice: float, labeled_dice: float, full_dice: float) -> float:
@@ -131,8 +115,8 @@ def aggregate(records: list[dict]) -> list[dict]:
         groups.setdefault((r["arm"], r["k"]), []).append(r)
     rows = []
     for (arm, k), recs in groups.items():
-        stats = {m: _stats([r["mean"].get(m) for r in recs]) for m in METRICS}
-        stats["train_seconds"] = _stats([r["train_seconds"] for r in recs])
+        stats = {m: mean_sd([r["mean"].get(m) for r in recs]) for m in METRICS}
+        stats["train_seconds"] = mean_sd([r["train_seconds"] for r in recs])
         rows.append({"arm": arm, "k": k, "seeds": [r["seed"] for r in recs], **stats})
     full = next((r for r in rows if r["arm"] == "full"), None)
     for row in rows:
@@ -232,9 +216,9 @@ def _write(out_dir: Path, record: dict, settings: dict, records: list[dict]) -> 
     n = settings["num_train"]
     headers = ["arm", "labeled patients", "seeds", "Dice", "IoU", "HD95 (vox)", "ASD (vox)", "HD95 (mm)",
                "ASD (mm)", "gap closed", "train s"]
-    table = [[ARM_NAMES[r["arm"]], f"{r['k']} / {n}", len(r["seeds"]), *(_fmt(r[m], 3 if m in ("dice", "iou") else 2)
-              for m in METRICS), "-" if math.isnan(r["gap_closed"]) else f"{100 * r['gap_closed']:.0f} %",
-              _fmt(r["train_seconds"], 0)] for r in rows]
+    table = [[ARM_NAMES[r["arm"]], f"{r['k']} / {n}", len(r["seeds"]),
+              *(format_mean_sd(r[m], 3 if m in ("dice", "iou") else 2) for m in METRICS), "-" if math.isnan(r["gap_closed"]) else f"{100 * r['gap_closed']:.0f} %",
+              format_mean_sd(r["train_seconds"], 0)] for r in rows]
     md = ["# BCP benchmark (synthetic cardiac MRI, held-out test patients)\n\n", record_markdown(record),
           f"- settings: {json.dumps(_json_safe(settings))}\n",
           "- metrics: mean over RV, Myo, LV of the test patients (evaluate.json), then mean ± sample sd over seeds;\n"

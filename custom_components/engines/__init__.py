@@ -1,5 +1,5 @@
 """Engine-side components of the bundles: trainers, ignite handlers, the mean-teacher EMA, the evaluation report
-writer, few-shot inference, training helpers.
+writer, few-shot inference, training helpers, and :class:`StagedOutputDir` (predictions appear complete or not at all).
 
 Trainers: :class:`CustomStepTrainer` is MONAI's ``SupervisedTrainer`` training step (``prepare_batch``, zero-grad,
 gradient accumulation, AMP autocast with the engine's device type + GradScaler, the iteration events in MONAI's order,
@@ -12,6 +12,7 @@ from .bcp import BCPTrainer, largest_component_per_class, load_pretrained, pseud
 from .checkpoint import AtomicCheckpointSaver, AtomicDiskSaver
 from .ema import EMA, make_teacher
 from .lvit import EPIStore, LViTSemiTrainer, TextPrepareBatch
+from .output import StagedOutputDir
 from .step import CustomStepTrainer, KeysPrepareBatch
 from .voco import VoCoTrainer
 from .fewshot import CombineLabelsd, FewShotInferer, PrepareEpisodeBatch, predict_episode
@@ -27,6 +28,7 @@ from .training import (
 )
 
 __all__ = [
+    "StagedOutputDir",
     "CustomStepTrainer",
     "KeysPrepareBatch",
     "VoCoTrainer",

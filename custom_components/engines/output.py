@@ -2,7 +2,7 @@
 
 Every bundle's ``configs/inference.json`` declares::
 
-    "staged_output": {"_target_": "custom_components.output.StagedOutputDir", "output_dir": "@output_dir"},
+    "staged_output": {"_target_": "custom_components.engines.StagedOutputDir", "output_dir": "@output_dir"},
     ... {"_target_": "SaveImaged", "output_dir": "$@staged_output.path", ...}
     "run": ["$@staged_output.run(@evaluator)"]
 
