@@ -423,3 +423,38 @@ def test_ensure_channels():
     assert t({"image": torch.rand(1, 8, 8, 1)})["image"].shape == (3, 8, 8)
     with pytest.raises(ValueError, match="cannot make 3 channels"):
         t({"image": torch.rand(2, 8, 8)})
+
+
+# ---------------------------------------------------------------------------------------------- decoy diagnosis tool
+def _diagnosis_tool():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("diagnose_lvit_text", REPO / "tools" / "diagnose_lvit_text.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_diagnosis_pair_distance_hand_computed():
+    tool = _diagnosis_tool()
+    feats = torch.tensor([[3.0, 4.0], [0.0, 5.0], [3.0, 4.0]])  # norms 5, 5, 5
+    # pairs with different groups: (0, 1) distance sqrt(10), (1, 2) sqrt(10); (0, 2) same group, left out
+    assert tool._rel_pair_distance(feats, ["a", "b", "a"]) == pytest.approx(10 ** 0.5 / 5)
+
+
+@pytest.mark.parametrize("use_text", [True, False])
+def test_diagnosis_sees_whether_the_sentence_reaches_the_output(use_text):
+    """Swapping sentences moves the output of a network with the text path, and exactly nothing without it."""
+    tool = _diagnosis_tool()
+    torch.manual_seed(0)
+    net = LViT(1, 1, img_size=32, base_channels=8, text_len=4, text_dim=16, use_text=use_text)
+    batch = {"image": torch.rand(4, 1, 32, 32), "label": (torch.rand(4, 1, 32, 32) > 0.7).float(),
+             "text_emb": torch.randn(4, 4, 16), "text": ["a", "b", "c", "d"]}
+    out = tool.measure(net, batch)
+    assert (out["prob_change_swapped_text"] > 0) == use_text and out["prob_change_no_vit"] > 0
+    if not use_text:
+        assert out["dice_own_text"] == out["dice_swapped_text"] == out["dice_no_text"]
+    grads = tool.grad_rms(net, BalancedBCEDiceLoss(), [{k: batch[k][:2] for k in ("image", "label", "text_emb")}])
+    assert (grads["text_branch"] > 0) == use_text and grads["cnn_encoder"] > 0
