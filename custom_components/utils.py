@@ -136,6 +136,16 @@ def markdown_table(headers: list[str], rows: list[list], floatfmt: str = ".3f") 
     return "\n".join(lines) + "\n"
 
 
+def as_list(value, cast=str) -> list:
+    """A command-line list as a list: ``"1,2,3"`` (fire passes a string), a list or tuple, or one value; each item
+    passed through ``cast``."""
+    if isinstance(value, str):
+        return [cast(v) for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return [cast(v) for v in value]
+    return [cast(value)]
+
+
 def mean_sd(values) -> dict:
     """Mean, sample sd (n - 1; NaN for one value) and n of the finite ``values`` (``None``/NaN/inf are left out):
     the statistics every benchmark reports over seeds."""

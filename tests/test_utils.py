@@ -8,7 +8,7 @@ import sys
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from custom_components.utils import (
-    _config_files_from_argv, bundle_root, format_mean_sd, markdown_table, mean_sd, run_record,
+    _config_files_from_argv, as_list, bundle_root, format_mean_sd, markdown_table, mean_sd, run_record,
 )
 
 
@@ -64,6 +64,11 @@ def test_mean_sd_is_the_sample_sd_over_finite_values_hand_computed():
     one = mean_sd([0.25])
     assert one["n"] == 1 and math.isnan(one["sd"]) and format_mean_sd(one) == "0.250"
     assert mean_sd([])["n"] == 0 and format_mean_sd(mean_sd([None])) == "-"
+
+
+def test_as_list_reads_what_fire_passes():
+    assert as_list("1337,1338, 1339", int) == [1337, 1338, 1339] and as_list("text,", str) == ["text"]
+    assert as_list((0, 1), int) == [0, 1] and as_list(2, int) == [2] and as_list([1.0], int) == [1]
 
 
 def test_count_macs_hand_computed():

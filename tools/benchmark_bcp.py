@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from custom_components.utils import (  # noqa: E402
-    format_mean_sd, markdown_table, mean_sd, plot_bars, record_markdown, run_bundle_workflow, run_record,
+    as_list, format_mean_sd, markdown_table, mean_sd, plot_bars, record_markdown, run_bundle_workflow, run_record,
 )
 
 CFG = REPO / "bundles" / "bcp_acdc_segmentation" / "configs"
@@ -55,14 +55,6 @@ METRICS = ("dice", "iou", "hd95", "asd", "hd95_mm", "asd_mm")
 #: what --smoke changes: a tiny dataset and budget that exercise every arm, seed and aggregate in minutes.
 SMOKE = {"num_train": 6, "num_val": 1, "num_test": 2, "shape": (32, 32, 4), "img_size": 32, "epoch_length": 2,
          "pretrain_iters": 2, "selftrain_iters": 2, "labeled": (2,), "val_interval": 1}
-
-
-def _as_list(value, cast=str) -> list:
-    if isinstance(value, str):
-        return [cast(v) for v in value.split(",") if v.strip()]
-    if isinstance(value, (list, tuple)):
-        return [cast(v) for v in value]
-    return [cast(value)]
 
 
 def gap_closed(arm_dice: float, labeled_dice: float, full_dice: float) -> float:
@@ -163,7 +155,7 @@ def main(
         pretrain_iters, selftrain_iters, labeled = SMOKE["pretrain_iters"], SMOKE["selftrain_iters"], SMOKE["labeled"]
         val_interval = SMOKE["val_interval"]
         work = work.rstrip("/") + "_smoke" if work == "/tmp/bcp_benchmark" else work
-    seed_list, arm_list, labeled_list = _as_list(seeds, int), _as_list(arms), _as_list(labeled, int)
+    seed_list, arm_list, labeled_list = as_list(seeds, int), as_list(arms), as_list(labeled, int)
     unknown = set(arm_list) - set(ARMS)
     if unknown:
         raise SystemExit(f"unknown arm(s) {sorted(unknown)}; arms are {','.join(ARMS)}")
@@ -217,7 +209,8 @@ def _write(out_dir: Path, record: dict, settings: dict, records: list[dict]) -> 
     headers = ["arm", "labeled patients", "seeds", "Dice", "IoU", "HD95 (vox)", "ASD (vox)", "HD95 (mm)",
                "ASD (mm)", "gap closed", "train s"]
     table = [[ARM_NAMES[r["arm"]], f"{r['k']} / {n}", len(r["seeds"]),
-              *(format_mean_sd(r[m], 3 if m in ("dice", "iou") else 2) for m in METRICS), "-" if math.isnan(r["gap_closed"]) else f"{100 * r['gap_closed']:.0f} %",
+              *(format_mean_sd(r[m], 3 if m in ("dice", "iou") else 2) for m in METRICS),
+              "-" if math.isnan(r["gap_closed"]) else f"{100 * r['gap_closed']:.0f} %",
               format_mean_sd(r["train_seconds"], 0)] for r in rows]
     md = ["# BCP benchmark (synthetic cardiac MRI, held-out test patients)\n\n", record_markdown(record),
           f"- settings: {json.dumps(_json_safe(settings))}\n",

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "tools"))
 
 from benchmark_lvit import _shuffled_datalist  # noqa: E402
 from custom_components.utils import (  # noqa: E402
-    format_mean_sd, markdown_table, mean_sd, plot_bars, record_markdown, run_bundle_workflow, run_record,
+    as_list, format_mean_sd, markdown_table, mean_sd, plot_bars, record_markdown, run_bundle_workflow, run_record,
 )
 
 CFG = REPO / "bundles" / "lvit_qata_covid19_segmentation" / "configs"
@@ -102,12 +102,11 @@ def main(
                                                              ("img_size", "base_channels", "epochs", "val_every",
                                                               "seeds"))
         work = work.rstrip("/") + "_smoke"
-    wanted = arms.split(",") if isinstance(arms, str) else list(arms)
+    wanted = as_list(arms)
     unknown = set(wanted) - set(ARMS)
     if unknown:
         raise SystemExit(f"unknown arm(s) {sorted(unknown)}; arms are {','.join(ARMS)}")
-    seed_list = [int(s) for s in (seeds.split(",") if isinstance(seeds, str) else
-                                  seeds if isinstance(seeds, (list, tuple)) else [seeds])]
+    seed_list = as_list(seeds, int)
     if not (Path(root) / "Train_Folder").is_dir():
         raise SystemExit(f"{root} has no Train_Folder: pass --root <MoNuSeg in the LViT layout>")
     work_dir = Path(work)
@@ -144,8 +143,8 @@ def main(
             if not metrics_file.is_file():
                 (run_dir / "logs").mkdir(parents=True, exist_ok=True)
                 seconds = run_bundle_workflow(_configs(arm, work_dir), over, log=run_dir / "logs" / "train.log").seconds
-                run_bundle_workflow(_configs(arm, work_dir, "evaluate.json"), {**over, "output_dir": run_dir / "eval_test"},
-                                    log=run_dir / "logs" / "evaluate.log")
+                run_bundle_workflow(_configs(arm, work_dir, "evaluate.json"),
+                                    {**over, "output_dir": run_dir / "eval_test"}, log=run_dir / "logs" / "evaluate.log")
                 (run_dir / "train_seconds.json").write_text(json.dumps(seconds))
             elif (run_dir / "train_seconds.json").is_file():
                 seconds = json.loads((run_dir / "train_seconds.json").read_text())
@@ -175,7 +174,8 @@ def _write(out_dir: Path, record: dict, settings: dict, split_info: dict, result
     (out_dir / "results.json").write_text(json.dumps(
         {"record": record, "settings": settings, "split": split_info, "aggregates": aggregates, "runs": results},
         indent=2, default=str) + "\n")
-    headers = ["arm", "seeds", "test Dice", "test IoU", "Dice per seed", "train s", "paper Dice / IoU % (other test set)"]
+    headers = ["arm", "seeds", "test Dice", "test IoU", "Dice per seed", "train s",
+               "paper Dice / IoU % (other test set)"]
     md = ["# LViT on MoNuSeg (real H&E nuclei with the LViT report sentences)\n\n", record_markdown(record),
           f"- settings: {json.dumps(settings)}\n",
           f"- split: {json.dumps(split_info)}\n",

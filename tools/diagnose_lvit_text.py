@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from custom_components.utils import (  # noqa: E402
-    format_mean_sd, markdown_table, mean_sd, record_markdown, run_bundle_workflow, run_record,
+    as_list, format_mean_sd, markdown_table, mean_sd, record_markdown, run_bundle_workflow, run_record,
 )
 
 CFG = REPO / "bundles" / "lvit_qata_covid19_segmentation" / "configs"
@@ -149,8 +149,7 @@ def main(
 
     from custom_components.data.qata import generate_qata_synthetic
 
-    seed_list = [int(s) for s in (seeds.split(",") if isinstance(seeds, str) else
-                                  seeds if isinstance(seeds, (list, tuple)) else [seeds])]
+    seed_list = as_list(seeds, int)
     work_dir, out_dir = Path(work), Path(out)
     if fresh:
         shutil.rmtree(work_dir, ignore_errors=True)
