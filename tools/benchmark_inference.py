@@ -444,10 +444,12 @@ def run(
         results.append(res)
     load_after = os.getloadavg()
     cores = os.cpu_count() or 1
-    loaded = max(load_before[0], load_after[0]) > 0.5 * cores
-    note = (f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after, on {cores} cores: "
+    # only the value before the runs tells about other jobs: the one after includes this tool's own runs
+    loaded = load_before[0] > 0.5 * cores
+    note = (f"load average (1 min) {load_before[0]:.2f} before the runs, {load_after[0]:.2f} after them (that one "
+            f"includes these runs), on {cores} cores: "
             + ("the machine was LOADED by other jobs; the times are unreliable" if loaded
-               else "the machine was not noticeably loaded"))
+               else "the machine was not noticeably loaded when the runs started"))
     result = {"record": record, "setting": "quick" if quick else "full", "repeats": int(repeats), "weights": weights,
               "load": {"before": load_before, "after": load_after, "cores": cores, "loaded": loaded, "note": note},
               "phases": list(PHASES), "bundles": results}
